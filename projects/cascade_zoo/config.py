@@ -1,0 +1,47 @@
+"""Configs: ``add_cascade_zoo_config`` for the shared infrastructure, and ``get_zoo_cfg`` /
+``setup_cfg``, which every entry point uses so that any config file of the project loads."""
+
+import logging
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .utils.env import default_device
+
+logger = logging.getLogger(__name__)
+
+
+def add_cascade_zoo_config(cfg: CN) -> None:
+    """Add ``cfg.ZOO``: options of this project's training/evaluation infrastructure."""
+    cfg.ZOO = CN()
+    # What a training loader does with an image that is missing or cannot be decoded:
+    # "error" (raise, naming the file) or "skip" (log a warning naming it, use another image).
+    # Evaluation always raises.
+    cfg.ZOO.ON_BAD_IMAGE = "error"
+
+
+def get_zoo_cfg() -> CN:
+    """Detectron2's default config plus every project package's keys (importing the packages
+    registers their heads)."""
+    cfg = get_cfg()
+    add_cascade_zoo_config(cfg)
+    return cfg
+
+
+def setup_cfg(config_file: str = "", opts=(), *, freeze: bool = True) -> CN:
+    """Config from a YAML file and ``KEY VALUE`` overrides, as train_net.py builds it.
+
+    Unknown keys and wrong types raise yacs's errors, naming the key. MODEL.DEVICE "cuda" falls
+    back to "cpu" when CUDA is missing, so one config serves both.
+    """
+    cfg = get_zoo_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    device = default_device(cfg.MODEL.DEVICE)
+    if device != cfg.MODEL.DEVICE:
+        logger.info(f"MODEL.DEVICE {cfg.MODEL.DEVICE} is not available: using {device}")
+        cfg.MODEL.DEVICE = device
+    if freeze:
+        cfg.freeze()
+    return cfg

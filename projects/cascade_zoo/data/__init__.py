@@ -1,0 +1,27 @@
+"""Datasets: the embedded shapes splits (registered at import, as Detectron2 registers its
+builtin datasets), command-line COCO registration and dataset checks."""
+
+from .datasets import (
+    SHAPES_SPLITS,
+    check_dataset_files,
+    datasets_root,
+    prepare_shapes,
+    register_coco_dataset,
+    register_shapes,
+)
+from .mapper import BadImageError, CheckedDatasetMapper
+from .shapes import CLASSES as SHAPES_CLASSES
+
+register_shapes()
+
+__all__ = [
+    "SHAPES_SPLITS",
+    "SHAPES_CLASSES",
+    "BadImageError",
+    "CheckedDatasetMapper",
+    "check_dataset_files",
+    "datasets_root",
+    "prepare_shapes",
+    "register_coco_dataset",
+    "register_shapes",
+]

@@ -1,0 +1,131 @@
+"""Dataset registration: the embedded shapes splits, COCO-format datasets named on the command
+line, and checks that give a clear error when a registered dataset's files are missing.
+
+Detectron2's builtin registrations (COCO, Pascal VOC, ... under ``$DETECTRON2_DATASETS``) are used
+as they are; this module only adds to the catalogs.
+"""
+
+import os
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .shapes import CLASSES, ShapesSpec, ensure_shapes, shapes_dir
+
+# The embedded splits. "tiny" ones are for tests and instant-test configs.
+SHAPES_SPLITS = {
+    "shapes_train": ShapesSpec(num_images=2000, seed=0),
+    "shapes_val": ShapesSpec(num_images=300, seed=1),
+    "shapes_tiny_train": ShapesSpec(num_images=24, seed=100),
+    "shapes_tiny_val": ShapesSpec(num_images=8, seed=101),
+}
+
+_HOW_TO_GET = {
+    "coco": (
+        "COCO 2017: download train2017/val2017 images and annotations_trainval2017 from "
+        "https://cocodataset.org/#download and unpack them as $DETECTRON2_DATASETS/coco/"
+        "{{train2017,val2017,annotations/instances_*.json}} (DETECTRON2_DATASETS={root})"
+    ),
+    "voc": (
+        "Pascal VOC: unpack VOCtrainval and VOCtest as $DETECTRON2_DATASETS/VOC2007 and "
+        "VOC2012 (each with Annotations/, ImageSets/Main/, JPEGImages/), from "
+        "http://host.robots.ox.ac.uk/pascal/VOC/ (DETECTRON2_DATASETS={root})"
+    ),
+    "other": (
+        "check the paths this dataset was registered with (for --register-coco: "
+        "NAME JSON_FILE IMAGE_ROOT)"
+    ),
+}
+
+
+def datasets_root() -> str:
+    """Where datasets live: ``$DETECTRON2_DATASETS``, default ``./datasets`` (as in Detectron2)."""
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def _load_shapes(name: str, root: str, spec: ShapesSpec):
+    out = ensure_shapes(root, name, spec)
+    return load_coco_json(str(out / "annotations.json"), str(out / "images"), name)
+
+
+def register_shapes(root: str = None) -> None:
+    """Register every shapes split (generated on first use) in DatasetCatalog/MetadataCatalog."""
+    root = root or datasets_root()
+    for name, spec in SHAPES_SPLITS.items():
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        directory = shapes_dir(root, name, spec)
+        DatasetCatalog.register(name, lambda name=name, spec=spec: _load_shapes(name, root, spec))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(CLASSES),
+            json_file=str(directory / "annotations.json"),
+            image_root=str(directory / "images"),
+            evaluator_type="coco",
+            shapes_spec=spec,
+            shapes_root=root,
+        )
+
+
+def prepare_shapes(name: str) -> None:
+    """Generate a registered shapes split now, so its ``json_file`` exists (e.g. before an
+    evaluator reads it). Other datasets: nothing."""
+    meta = MetadataCatalog.get(name)
+    spec = meta.get("shapes_spec")
+    if spec is not None:
+        ensure_shapes(meta.shapes_root, name, spec)
+
+
+def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format instance dataset by name, as ``--register-coco`` does.
+
+    Raises:
+        FileNotFoundError: naming the JSON file or image directory that does not exist.
+        ValueError: if ``name`` is already registered with other files.
+    """
+    json_file, image_root = str(json_file), str(image_root)
+    if not Path(json_file).is_file():
+        raise FileNotFoundError(f"--register-coco {name}: annotation file '{json_file}' not found")
+    if not Path(image_root).is_dir():
+        raise FileNotFoundError(f"--register-coco {name}: image directory '{image_root}' not found")
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("json_file") == json_file and meta.get("image_root") == image_root:
+            return
+        raise ValueError(
+            f"--register-coco: dataset name '{name}' is already registered "
+            f"(json_file={meta.get('json_file')}); choose another name"
+        )
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+def check_dataset_files(name: str) -> None:
+    """Raise a clear error if a registered dataset's annotation file or image directory is
+    missing. Shapes splits are generated instead.
+
+    Raises:
+        KeyError: the name is not registered (lists what is).
+        FileNotFoundError: naming the missing path and how to obtain the dataset.
+    """
+    if name not in DatasetCatalog.list():
+        known = ", ".join(sorted(n for n in DatasetCatalog.list() if not n.startswith("keypoints")))
+        raise KeyError(
+            f"Dataset '{name}' is not registered. Register a COCO-format dataset with "
+            f"--register-coco NAME JSON_FILE IMAGE_ROOT, or use one of: {known}"
+        )
+    meta = MetadataCatalog.get(name)
+    if meta.get("shapes_spec") is not None:
+        prepare_shapes(name)
+        return
+    paths = [meta.get(k) for k in ("json_file", "image_root", "dirname") if meta.get(k)]
+    kind = "coco" if name.startswith("coco_") else "voc" if name.startswith("voc_") else "other"
+    for path in paths:
+        if "://" in str(path):
+            continue
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Dataset '{name}': '{path}' does not exist. "
+                + _HOW_TO_GET[kind].format(root=os.path.abspath(datasets_root()))
+            )

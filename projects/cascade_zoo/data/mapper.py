@@ -1,0 +1,57 @@
+"""A DatasetMapper that names the file when an image cannot be read, and can skip it."""
+
+import logging
+import random
+
+from detectron2.data import DatasetMapper
+
+logger = logging.getLogger(__name__)
+
+# In "skip" mode, give up after this many unreadable images in a row.
+MAX_CONSECUTIVE_SKIPS = 10
+
+
+class BadImageError(OSError):
+    """An image of a dataset is missing or cannot be decoded."""
+
+
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's DatasetMapper, with a policy for images that cannot be read.
+
+    ``on_bad_image="error"`` raises :class:`BadImageError` naming the file (also from inside a
+    data-loader worker, whose traceback PyTorch re-raises in the main process). ``"skip"`` logs a
+    warning naming the file and maps a random other record of ``fallback_dataset`` instead
+    (Detectron2 v0.6's own retry on None breaks on Python >= 3.11). Evaluation always uses
+    "error": a skipped image would silently change the evaluated set.
+    """
+
+    def __init__(self, cfg, is_train: bool = True, on_bad_image: str = None, fallback_dataset=None):
+        super().__init__(cfg, is_train)
+        policy = on_bad_image or cfg.ZOO.ON_BAD_IMAGE
+        if policy not in ("error", "skip"):
+            raise ValueError(f"ZOO.ON_BAD_IMAGE must be 'error' or 'skip', got {policy!r}")
+        if policy == "skip" and is_train and fallback_dataset is None:
+            raise ValueError("ZOO.ON_BAD_IMAGE 'skip' needs the dataset to draw replacements from")
+        self.on_bad_image = policy if is_train else "error"
+        self.fallback_dataset = fallback_dataset
+        self._rng = random.Random(0)
+
+    def __call__(self, dataset_dict):
+        for _ in range(MAX_CONSECUTIVE_SKIPS + 1):
+            try:
+                return super().__call__(dataset_dict)
+            except (OSError, SyntaxError) as e:  # PIL reports undecodable files with these
+                path = dataset_dict.get("file_name", "<no file_name>")
+                if self.on_bad_image != "skip":
+                    raise BadImageError(
+                        f"Cannot read image '{path}' (image_id={dataset_dict.get('image_id')}): "
+                        f"{e}. Fix or remove it, or set ZOO.ON_BAD_IMAGE skip to skip such "
+                        "images in training."
+                    ) from e
+                logger.warning(f"Skipping unreadable image '{path}': {e}")
+                index = self._rng.randrange(len(self.fallback_dataset))
+                dataset_dict = self.fallback_dataset[index]
+        raise BadImageError(
+            f"{MAX_CONSECUTIVE_SKIPS + 1} unreadable images in a row (last: '{path}'): "
+            "is the image root right?"
+        )
