@@ -1,0 +1,125 @@
+"""The one trainer behind train_net.py: Detectron2's DefaultTrainer with checked datasets, the
+right COCO evaluation for the install, and distributed training on CPUs."""
+
+import logging
+import os
+import weakref
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import (
+    DatasetFromList,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.datasets import check_dataset_files
+from ..data.mapper import CheckedDatasetMapper
+from ..utils.env import compiled_ops_available
+
+
+class ZooTrainer(DefaultTrainer):
+    """DefaultTrainer with:
+
+    - dataset checks before a loader is built (missing files: an error naming the path);
+    - :class:`CheckedDatasetMapper` (unreadable images: an error naming the file, or a skip);
+    - COCO evaluation through pycocotools when Detectron2's compiled fast evaluation is missing;
+    - DistributedDataParallel on CPU processes (gloo), which Detectron2 v0.6 does not set up;
+    - the optimizer state in checkpoints, so that ``--resume`` continues exactly (Detectron2 v0.6
+      saves only the iteration and the scheduler; current Detectron2 does the same as here).
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except for the DDP wrapper: Detectron2 passes
+        # device_ids=[local_rank], which DistributedDataParallel rejects for a CPU model.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()  # holds the optimizer (and AMP scaler)
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logging.getLogger(__name__).warning(
+                "Checkpoint has no optimizer state: resuming with a fresh optimizer"
+            )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        for name in cfg.DATASETS.TRAIN:
+            check_dataset_files(name)
+        # The dataset dicts as Detectron2's loader builds them; built here so that the mapper can
+        # draw replacements for unreadable images from them.
+        dataset = DatasetFromList(
+            get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN,
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+                if cfg.MODEL.KEYPOINT_ON
+                else 0,
+                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN
+                if cfg.MODEL.LOAD_PROPOSALS
+                else None,
+            ),
+            copy=False,
+        )
+        mapper = CheckedDatasetMapper(cfg, is_train=True, fallback_dataset=dataset)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        check_dataset_files(dataset_name)
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO AP (pycocotools when the compiled fast evaluation is missing) or VOC AP, by the
+        dataset's ``evaluator_type``."""
+        check_dataset_files(dataset_name)
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type != "coco":
+            raise NotImplementedError(
+                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; this project "
+                "evaluates 'coco' and 'pascal_voc' datasets"
+            )
+        evaluators = [
+            COCOEvaluator(
+                dataset_name, output_dir=output_folder, use_fast_impl=compiled_ops_available()
+            )
+        ]
+        return DatasetEvaluators(evaluators)

@@ -1,0 +1,69 @@
+"""Pictures of predictions (and ground truth) drawn with Detectron2's Visualizer."""
+
+import logging
+from typing import List, Optional
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+
+from .data import prepare_shapes
+
+logger = logging.getLogger(__name__)
+
+
+def montage(tiles: List[np.ndarray], columns: int) -> np.ndarray:
+    """Tile RGB images (any sizes) into a grid, row-major, on a white background."""
+    if not tiles:
+        raise ValueError("montage: no images to tile")
+    columns = max(1, min(columns, len(tiles)))
+    rows = (len(tiles) + columns - 1) // columns
+    cell_h = max(t.shape[0] for t in tiles)
+    cell_w = max(t.shape[1] for t in tiles)
+    out = np.full((rows * cell_h, columns * cell_w, 3), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        out[r * cell_h : r * cell_h + tile.shape[0], c * cell_w : c * cell_w + tile.shape[1]] = tile
+    return out
+
+
+def draw_predictions(
+    cfg,
+    dataset_name: str,
+    output_path: str,
+    *,
+    num_images: int = 8,
+    score_threshold: float = 0.5,
+    with_ground_truth: bool = True,
+    columns: Optional[int] = None,
+) -> str:
+    """Run ``DefaultPredictor(cfg)`` on the first ``num_images`` images of a registered dataset
+    and write one PNG: per image, the predictions (score >= threshold) and, beside them, the
+    ground truth. Returns ``output_path``.
+    """
+    prepare_shapes(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name)
+    if not dicts:
+        raise ValueError(f"Dataset '{dataset_name}' is empty: nothing to draw")
+    metadata = MetadataCatalog.get(dataset_name)
+    predictor = DefaultPredictor(cfg)
+    tiles = []
+    for record in dicts[:num_images]:
+        image = read_image(record["file_name"], format=predictor.input_format)
+        rgb = image[:, :, ::-1] if predictor.input_format == "BGR" else image
+        instances = predictor(image)["instances"].to("cpu")
+        instances = instances[instances.scores >= score_threshold]
+        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+        if with_ground_truth:
+            truth = Visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
+            drawn = np.concatenate(
+                [drawn, np.full((drawn.shape[0], 4, 3), 255, np.uint8), truth], 1
+            )
+        tiles.append(drawn)
+    picture = montage(tiles, columns or (2 if with_ground_truth else 4))
+    Image.fromarray(picture).save(output_path)
+    logger.info(f"Wrote {len(tiles)} images of predictions to {output_path}")
+    return output_path

@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Time configs side by side (train s/iter, inference ms/image, peak memory, parameters) and
+write a Markdown table with the machine and the command.
+
+    python tools/benchmark.py --output docs/benchmarks.md
+    python tools/benchmark.py --configs A.yaml B.yaml --baseline A.yaml --train-iters 20
+
+Each config runs in its own process, one after the other, so that peak memory is its own.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from datetime import date
+
+DEFAULT_CONFIGS = [
+    "configs/Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
+    "configs/Baselines/cascade_rcnn_R_18_FPN_shapes.yaml",
+]
+
+
+def _measure_one(args):
+    from cascade_zoo import setup_cfg
+    from cascade_zoo.benchmark import measure
+
+    cfg = setup_cfg(args.single, args.opts)
+    out = measure(
+        cfg, train_iters=args.train_iters, warmup=args.warmup, infer_images=args.infer_images
+    )
+    print("BENCHMARK_JSON " + json.dumps(out))
+
+
+def _table(rows, baseline):
+    base = next((r for r in rows if r["config"] == baseline), None)
+    head = "| config | params (M) | train s/iter | inference ms/image | peak memory (MB) |"
+    if base:
+        head += " train ratio | inference ratio | memory ratio |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        line = (
+            f"| `{r['config']}` | {r['params'] / 1e6:.2f} | {r['train_s_per_iter']:.3f} | "
+            f"{r['infer_ms_per_image']:.1f} | {r['peak_memory_mb']:.0f} ({r['peak_memory_kind']}) |"
+        )
+        if base:
+            line += (
+                f" {r['train_s_per_iter'] / base['train_s_per_iter']:.3f} |"
+                f" {r['infer_ms_per_image'] / base['infer_ms_per_image']:.3f} |"
+                f" {r['peak_memory_mb'] / base['peak_memory_mb']:.3f} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser.add_argument("--baseline", help="config whose figures the ratios divide by")
+    parser.add_argument("--train-iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--infer-images", type=int, default=50)
+    parser.add_argument("--output", help="Markdown file to write (default: print only)")
+    parser.add_argument("--title", default="CPU configs on the shapes dataset")
+    parser.add_argument("--single", help=argparse.SUPPRESS)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
+    args = parser.parse_args(argv)
+    if args.single:
+        return _measure_one(args)
+
+    from cascade_zoo.benchmark import machine_description
+
+    for path in args.configs:
+        if not os.path.isfile(path):
+            sys.exit(f"error: config '{path}' not found")
+    rows = []
+    for path in args.configs:
+        counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
+        counts += ["--infer-images", args.infer_images]
+        cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *args.opts]
+        print(f"benchmarking {path} ...", flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK_JSON ")]
+        if proc.returncode != 0 or not found:
+            sys.exit(f"error: benchmarking {path} failed:\n{proc.stdout[-4000:]}")
+        rows.append({"config": path, **json.loads(found[-1].split(" ", 1)[1])})
+    table = _table(rows, args.baseline)
+    command = "python tools/benchmark.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    text = (
+        f"## {args.title}\n\nMeasured {date.today().isoformat()} on: {machine_description()}.\n\n"
+        f"Command: `{command}`\n\n{table}\n\n"
+        f"Train: mean of {args.train_iters} steps after {args.warmup} warm-up steps, batches "
+        f"preloaded. Inference: mean over {args.infer_images} test images, one per batch.\n"
+    )
+    print(text)
+    if args.output:
+        _write_section(args.output, args.title, text)
+
+
+def _write_section(path, title, text):
+    """Put ``text`` (which starts with "## title") into the Markdown file, replacing the section
+    of the same title if there is one."""
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start = old.find(f"## {title}\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + text + ("" if end < 0 else old[end:])
+    with open(path, "w") as f:
+        f.write(new)
+
+
+if __name__ == "__main__":
+    main()
