@@ -1,0 +1,41 @@
+"""Shared test set-up: a dataset cache inside the clone, and helpers to run train_net.py."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Before cascade_zoo is imported: the shapes splits are registered under this root.
+os.environ.setdefault("DETECTRON2_DATASETS", str(ROOT / ".cache" / "test-datasets"))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+INSTANT = ROOT / "configs" / "Baselines"
+
+
+def run_train_net(*args, cwd=None, check=True, timeout=900, prefix=()):
+    """Run train_net.py in a new process; returns the CompletedProcess (stdout+stderr merged)."""
+    cmd = [*prefix] if prefix else [sys.executable]
+    cmd += [str(ROOT / "train_net.py"), *map(str, args)]
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_cascade(tmp_path_factory):
+    """An instant-test Cascade R-CNN trained by train_net.py for 4 iterations (checkpoints at
+    iterations 2 and 4). Returns its OUTPUT_DIR."""
+    out = tmp_path_factory.mktemp("cascade_instant")
+    run_train_net("--config-file", INSTANT / "cascade_rcnn_instant_test.yaml", "OUTPUT_DIR", out)
+    return out
