@@ -17,7 +17,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from cascade_zoo import setup_cfg
+from cascade_zoo import setup_cfg, setup_project_loggers
 from cascade_zoo.data import register_coco_dataset
 from cascade_zoo.engine import ZooTrainer, launch, started_by_torchrun
 
@@ -43,6 +43,7 @@ def setup(args):
         register_coco_dataset(name, json_file, image_root)
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_project_loggers(cfg.OUTPUT_DIR, comm.get_rank())
     return cfg
 
 

@@ -1,6 +1,7 @@
 """Configs: ``add_cascade_zoo_config`` for the shared infrastructure, and ``get_zoo_cfg`` /
 ``setup_cfg``, which every entry point uses so that any config file of the project loads."""
 
+import importlib
 import logging
 
 from detectron2.config import CfgNode as CN
@@ -20,11 +21,17 @@ def add_cascade_zoo_config(cfg: CN) -> None:
     cfg.ZOO.ON_BAD_IMAGE = "error"
 
 
+# The project's packages, each with ``add_<package>_config``; importing one registers its heads.
+PROJECT_PACKAGES = ("cascade_zoo", "box_cascade")
+
+
 def get_zoo_cfg() -> CN:
     """Detectron2's default config plus every project package's keys (importing the packages
     registers their heads)."""
     cfg = get_cfg()
-    add_cascade_zoo_config(cfg)
+    for name in PROJECT_PACKAGES:
+        module = importlib.import_module(name)
+        getattr(module, f"add_{name}_config")(cfg)
     return cfg
 
 
@@ -45,3 +52,12 @@ def setup_cfg(config_file: str = "", opts=(), *, freeze: bool = True) -> CN:
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def setup_project_loggers(output_dir: str = None, rank: int = 0) -> None:
+    """Route the project packages' loggers to the console and OUTPUT_DIR/log.txt, as
+    Detectron2's default_setup does for its own."""
+    from detectron2.utils.logger import setup_logger
+
+    for name in PROJECT_PACKAGES:
+        setup_logger(output_dir, distributed_rank=rank, name=name, abbrev_name=name)

@@ -15,13 +15,16 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.engine.hooks import PeriodicCheckpointer
+from detectron2.evaluation import DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.datasets import check_dataset_files
 from ..data.mapper import CheckedDatasetMapper
+from ..evaluation import EXTRA_EVALUATORS, PerIoUCOCOEvaluator
 from ..utils.env import compiled_ops_available
+from .optim import build_optimizer_with_lr_multipliers
 
 
 class ZooTrainer(DefaultTrainer):
@@ -118,8 +121,34 @@ class ZooTrainer(DefaultTrainer):
                 "evaluates 'coco' and 'pascal_voc' datasets"
             )
         evaluators = [
-            COCOEvaluator(
+            PerIoUCOCOEvaluator(
                 dataset_name, output_dir=output_folder, use_fast_impl=compiled_ops_available()
             )
         ]
+        for build in EXTRA_EVALUATORS:
+            extra = build(cfg, dataset_name, output_folder)
+            if extra is not None:
+                evaluators.append(extra)
         return DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's optimizer, with the learning-rate multipliers that model modules give
+        through an ``lr_multipliers()`` method (e.g. the paper's 1/w_t per cascade stage)."""
+        return build_optimizer_with_lr_multipliers(cfg, model)
+
+    def build_hooks(self):
+        """Detectron2's hooks, plus those model modules give through ``training_hooks(cfg)``,
+        placed before the checkpointer so that their state is current when it saves."""
+        hooks = super().build_hooks()
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        extra = [
+            h
+            for m in model.modules()
+            if hasattr(m, "training_hooks")
+            for h in m.training_hooks(self.cfg)
+        ]
+        index = next(
+            (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks) - 1
+        )
+        return hooks[:index] + extra + hooks[index:]
