@@ -1,0 +1,33 @@
+"""The box-cascade core: Cascade R-CNN / Cascade Mask R-CNN of the TPAMI paper, complete, with the
+extension points the other papers of the project use. Importing it registers the ROI heads
+("BoxCascadeROIHeads", "IntegralLossROIHeads"), the meta-architecture ("BoxCascadeRCNN"), the
+stage samplers and the stage-wise evaluator."""
+
+from cascade_zoo.evaluation import EXTRA_EVALUATORS
+
+from .config import add_box_cascade_config
+from .evaluation import StageWiseCOCOEvaluator, build_stagewise_evaluator, format_stagewise_tables
+from .integral_loss import IntegralLossROIHeads
+from .meta_arch import BoxCascadeRCNN
+from .roi_heads import BoxCascadeROIHeads, stage_loss_weights
+from .samplers import STAGE_SAMPLER_REGISTRY, StageSampler, build_stage_sampler
+from .statistics import TrainingIoUStats, TrainingIoUStatsHook
+
+if build_stagewise_evaluator not in EXTRA_EVALUATORS:
+    EXTRA_EVALUATORS.append(build_stagewise_evaluator)
+
+__all__ = [
+    "add_box_cascade_config",
+    "BoxCascadeRCNN",
+    "BoxCascadeROIHeads",
+    "IntegralLossROIHeads",
+    "STAGE_SAMPLER_REGISTRY",
+    "StageSampler",
+    "StageWiseCOCOEvaluator",
+    "TrainingIoUStats",
+    "TrainingIoUStatsHook",
+    "build_stage_sampler",
+    "build_stagewise_evaluator",
+    "format_stagewise_tables",
+    "stage_loss_weights",
+]
