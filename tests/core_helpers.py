@@ -1,0 +1,76 @@
+"""Helpers shared by the box-cascade core's tests: configs, models with shared weights, batches."""
+
+import itertools
+
+import torch
+from conftest import ROOT
+from detectron2.data import build_detection_test_loader
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from cascade_zoo import setup_cfg
+from cascade_zoo.engine import ZooTrainer
+
+D2_CASCADE = ROOT / "configs" / "Baselines" / "cascade_rcnn_instant_test.yaml"
+D2_CASCADE_MASK = ROOT / "configs" / "Baselines" / "cascade_mask_rcnn_instant_test.yaml"
+D2_FASTER = ROOT / "configs" / "Baselines" / "faster_rcnn_instant_test.yaml"
+CORE = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml"
+CORE_MASK = ROOT / "configs" / "CascadeRCNN" / "cascade_mask_rcnn_instant_test.yaml"
+
+# What turns a Detectron2 Cascade R-CNN config into the core's Detectron2-equivalent one.
+AS_CORE_D2 = [
+    "MODEL.META_ARCHITECTURE", "BoxCascadeRCNN",
+    "MODEL.ROI_HEADS.NAME", "BoxCascadeROIHeads",
+    "MODEL.BOX_CASCADE.LOSS_WEIGHTING", "detectron2",
+    "MODEL.BOX_CASCADE.TEST_ENSEMBLE", "mean_probs",
+]  # fmt: skip
+
+
+def cfg_of(path, *opts):
+    return setup_cfg(str(path), [str(o) for o in opts])
+
+
+def model_of(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def spread_predictor_weights(model, seed=1):
+    """Give the box predictors non-trivial weights, so that an untrained model's scores and
+    deltas differ from box to box (comparisons are then not vacuous)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "box_predictor" in name and name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def train_batch(cfg, n=2):
+    loader = ZooTrainer.build_train_loader(cfg)
+    return next(iter(loader))[:n]
+
+
+def eval_inputs(cfg, n=3):
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    return [b[0] for b in itertools.islice(loader, n)]
+
+
+def losses_of(model, batch, seed=123, iteration=0):
+    model.train()
+    torch.manual_seed(seed)
+    with EventStorage(iteration) as storage:
+        losses = model(batch)
+    return losses, storage
+
+
+def detections_of(model, inputs):
+    model.eval()
+    with torch.no_grad():
+        return model(inputs)
+
+
+def assert_same_instances(a, b, atol=1e-5):
+    assert len(a) == len(b), f"{len(a)} vs {len(b)} detections"
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.allclose(a.scores, b.scores, atol=atol)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=atol)

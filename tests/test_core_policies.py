@@ -1,0 +1,373 @@
+"""Each policy of the core changes what it claims to, checked against literal re-statements of
+the paper's mechanics (written out here without the core's code)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from core_helpers import (
+    CORE,
+    CORE_MASK,
+    assert_same_instances,
+    cfg_of,
+    detections_of,
+    eval_inputs,
+    losses_of,
+    model_of,
+    spread_predictor_weights,
+    train_batch,
+)
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
+
+from box_cascade import stage_loss_weights
+from cascade_zoo.engine.optim import build_optimizer_with_lr_multipliers
+
+WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+
+
+def _model(*opts, config=CORE, seed=0):
+    cfg = cfg_of(config, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.01, *opts)
+    model = model_of(cfg, seed)
+    spread_predictor_weights(model)
+    return cfg, model
+
+
+def test_stage_loss_weight_schemes():
+    assert stage_loss_weights("decay", 3) == [1.0, 0.5, 0.25]
+    assert stage_loss_weights("avg", 4) == [0.25] * 4
+    assert stage_loss_weights("detectron2", 3) == [1.0] * 3
+    assert stage_loss_weights("explicit", 2, [1.0, 0.3]) == [1.0, 0.3]
+    with pytest.raises(ValueError, match="STAGE_LOSS_WEIGHTS"):
+        stage_loss_weights("explicit", 3, [1.0, 0.3])
+    with pytest.raises(ValueError, match="LOSS_WEIGHTING"):
+        stage_loss_weights("halves", 3)
+
+
+@pytest.mark.parametrize("scheme", ["decay", "avg"])
+def test_weighting_scales_each_stage_loss_by_w_t(scheme):
+    cfg, plain = _model("MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
+                        "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 1.0, 1.0]")  # fmt: skip
+    _, weighted = _model("MODEL.BOX_CASCADE.LOSS_WEIGHTING", scheme)
+    weighted.load_state_dict(plain.state_dict())
+    batch = train_batch(cfg)
+    a, _ = losses_of(plain, batch)
+    b, _ = losses_of(weighted, batch)
+    w = {"decay": [1, 0.5, 0.25], "avg": [1 / 3] * 3}[scheme]
+    for k in range(3):
+        for name in ("loss_cls", "loss_box_reg"):
+            key = f"{name}_stage{k}"
+            assert torch.allclose(b[key], a[key] * w[k], atol=1e-6), key
+    assert torch.allclose(b["loss_rpn_cls"], a["loss_rpn_cls"])
+
+
+def _one_sgd_step(cfg, model, batch):
+    optimizer = build_optimizer_with_lr_multipliers(cfg, model)
+    before = copy.deepcopy(model.state_dict())
+    losses, _ = losses_of(model, batch)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_head_learning_rate_is_rescaled_by_one_over_w_t():
+    plain_opts = ["SOLVER.MOMENTUM", 0.0, "SOLVER.WEIGHT_DECAY", 0.0,
+                  "SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.BIAS_LR_FACTOR", 1.0]  # fmt: skip
+    cfg, decay = _model(*plain_opts)
+    groups = build_optimizer_with_lr_multipliers(cfg, decay).param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(decay.named_parameters())
+    base = cfg.SOLVER.BASE_LR
+    assert lr_of[id(named["roi_heads.box_head.0.fc1.weight"])] == pytest.approx(base)
+    assert lr_of[id(named["roi_heads.box_predictor.1.cls_score.weight"])] == pytest.approx(2 * base)
+    assert lr_of[id(named["roi_heads.box_head.2.fc2.bias"])] == pytest.approx(4 * base)
+    assert lr_of[id(named["backbone.bottom_up.stem.conv1.weight"])] == pytest.approx(base)
+
+    # The paper's point: with loss weight w_t and LR / w_t, a head's update is that of an
+    # unweighted loss at the base LR, while the backbone sees the weighted gradients.
+    _, unweighted = _model("MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
+                           "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 1.0, 1.0]",
+                           "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False, *plain_opts)  # fmt: skip
+    unweighted.load_state_dict(decay.state_dict())
+    batch = train_batch(cfg)
+    step_decay = _one_sgd_step(cfg, decay, batch)
+    step_plain = _one_sgd_step(cfg, unweighted, batch)
+    for name in ("roi_heads.box_predictor.2.bbox_pred.weight", "roi_heads.box_head.1.fc1.weight"):
+        assert step_decay[name].abs().sum() > 0
+        assert torch.allclose(step_decay[name], step_plain[name], atol=1e-7), name
+    assert not torch.allclose(
+        step_decay["backbone.fpn_output2.weight"], step_plain["backbone.fpn_output2.weight"]
+    )
+
+
+def _literal_cascade(model, inputs, policy, num_stages):
+    """The paper's test-time cascade written out: pool at the current boxes, head, predictor,
+    boxes refined by the stage's deltas with its own weights; scores by the ensemble policy."""
+    heads = model.roi_heads
+    images = model.preprocess_image(inputs)
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    feats = [features[f] for f in heads.box_in_features]
+    sizes = [p.image_size for p in proposals]
+    boxes = [p.proposal_boxes.tensor for p in proposals]
+    logits_t, probs_t = [], []
+    for t in range(num_stages):
+        x = heads.box_head[t](heads.box_pooler(feats, [Boxes(b) for b in boxes]))
+        logits, deltas = heads.box_predictor[t](x)
+        logits_t.append(logits)
+        probs_t.append(F.softmax(logits, dim=1))
+        inputs_t = torch.cat(boxes)
+        refined = Box2BoxTransform(WEIGHTS[t]).apply_deltas(deltas, inputs_t)
+        out_boxes = refined
+        new = []
+        for b, size in zip(refined.split([len(b) for b in boxes]), sizes):
+            b = b.clone()
+            b[:, 0::2] = b[:, 0::2].clamp(0, size[1])
+            b[:, 1::2] = b[:, 1::2].clamp(0, size[0])
+            new.append(b)
+        last_inputs = boxes
+        boxes = new
+    if policy == "none":
+        scores = probs_t[-1]
+    elif policy == "mean_probs":
+        scores = sum(probs_t) / num_stages
+    elif policy == "mean_logits":
+        scores = F.softmax(sum(logits_t) / num_stages, dim=1)
+    else:  # all_on_final: every classifier on the last stage's input boxes
+        pooled = heads.box_pooler(feats, [Boxes(b) for b in last_inputs])
+        scores = (
+            sum(
+                F.softmax(heads.box_predictor[t](heads.box_head[t](pooled))[0], dim=1)
+                for t in range(num_stages)
+            )
+            / num_stages
+        )
+    counts = [len(b) for b in last_inputs]
+    predictor = heads.box_predictor[num_stages - 1]
+    instances, _ = fast_rcnn_inference(
+        list(out_boxes.split(counts)), list(scores.split(counts)), sizes,
+        predictor.test_score_thresh, predictor.test_nms_thresh, predictor.test_topk_per_image,
+    )  # fmt: skip
+    return instances
+
+
+@pytest.mark.parametrize("policy", ["none", "mean_probs", "mean_logits", "all_on_final"])
+def test_test_time_ensembles_match_literal_cascade(policy):
+    cfg, model = _model("MODEL.BOX_CASCADE.TEST_ENSEMBLE", policy)
+    inputs = eval_inputs(cfg, 2)
+    model.eval()
+    with torch.no_grad():
+        got = model.inference(inputs, do_postprocess=False)
+        want = _literal_cascade(model, inputs, policy, 3)
+    for a, b in zip(got, want):
+        assert len(b) > 0
+        assert_same_instances(a, b, atol=1e-4)
+
+
+def test_policies_differ_from_each_other():
+    cfg, model = _model()
+    inputs = eval_inputs(cfg, 1)
+    scores = {}
+    for policy in ("none", "mean_probs", "mean_logits", "all_on_final"):
+        model.roi_heads.test_ensemble = policy
+        scores[policy] = detections_of(model, inputs)[0]["instances"].scores[:5]
+    assert len({tuple(v.tolist()) for v in scores.values()}) == 4
+
+
+def test_ensemble_none_equals_the_last_stage_alone():
+    cfg, model = _model("MODEL.BOX_CASCADE.TEST_ENSEMBLE", "none")
+    out = detections_of(model, eval_inputs(cfg, 2))
+    for o in out:
+        assert_same_instances(o["instances"], o["stage_instances"]["stage3"])
+        assert_same_instances(o["stage_instances"]["ensemble"], o["stage_instances"]["stage3"])
+
+
+def test_stage_t_output_equals_a_t_stage_cascade_with_the_same_weights():
+    cfg, three = _model()
+    inputs = eval_inputs(cfg, 2)
+    staged = detections_of(three, inputs)
+    _, two = _model("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5, 0.6)",
+                    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(WEIGHTS[:2]),
+                    "MODEL.BOX_CASCADE.TEST_ENSEMBLE", "none")  # fmt: skip
+    state = {k: v for k, v in three.state_dict().items() if ".2." not in k or "roi_heads" not in k}
+    two.load_state_dict(state, strict=True)
+    _, three_at_two = _model("MODEL.BOX_CASCADE.TEST_STAGE", 2,
+                             "MODEL.BOX_CASCADE.TEST_ENSEMBLE", "none")  # fmt: skip
+    three_at_two.load_state_dict(three.state_dict())
+    for a, b, c in zip(staged, detections_of(two, inputs), detections_of(three_at_two, inputs)):
+        assert_same_instances(a["stage_instances"]["stage2"], b["instances"])
+        assert_same_instances(a["stage_instances"]["stage2"], c["instances"])
+        assert set(c["stage_instances"]) == {"stage1", "stage2", "ensemble"}
+
+
+def _stage_proposals(model, cfg, batch):
+    """Each stage's training boxes, from the core's training path."""
+    model.train()
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
+    with EventStorage(0):
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        _, stage_props = model.roi_heads._forward_box_train(features, proposals, targets)
+    return stage_props, targets, proposals
+
+
+def test_refined_sampler_trains_on_all_refined_boxes_labelled_at_the_stage_iou():
+    cfg, model = _model()
+    stage_props, targets, _ = _stage_proposals(model, cfg, train_batch(cfg))
+    first = sum(len(p) for p in stage_props[0])
+    for k, u in ((1, 0.6), (2, 0.7)):
+        assert sum(len(p) for p in stage_props[k]) <= first
+        for props, gt in zip(stage_props[k], targets):
+            iou = pairwise_iou(gt.gt_boxes, props.proposal_boxes)
+            best, idx = iou.max(dim=0)
+            want = torch.where(best >= u, gt.gt_classes[idx], torch.full_like(idx, 6))
+            assert torch.equal(props.gt_classes, want)
+            fg = best >= u
+            assert torch.equal(props.gt_boxes.tensor[fg], gt.gt_boxes.tensor[idx[fg]])
+
+
+def test_resample_sampler_uses_batch_size_positive_fraction_and_ground_truth():
+    cfg, model = _model("MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "resample"]',
+                        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32)  # fmt: skip
+    stage_props, targets, _ = _stage_proposals(model, cfg, train_batch(cfg))
+    for k in (1, 2):
+        for props, gt in zip(stage_props[k], targets):
+            assert len(props) <= 32
+            assert (props.gt_classes < 6).sum() <= 0.25 * 32
+            # ground-truth boxes were added before sampling: positives include exact matches
+            iou = pairwise_iou(gt.gt_boxes, props.proposal_boxes).max(dim=0).values
+            fg = props.gt_classes < 6
+            assert (iou[fg] >= [0.5, 0.6, 0.7][k]).all()
+
+
+def test_class_specific_refinement_takes_the_ground_truth_or_predicted_class_box():
+    cfg, model = _model("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False)
+    heads = model.roi_heads
+    assert heads.box_predictor[0].bbox_pred.out_features == 4 * 6
+    props = Instances((100, 100))
+    props.proposal_boxes = Boxes(torch.tensor([[10.0, 10, 50, 50], [20, 20, 60, 70], [5, 5, 9, 9]]))
+    props.gt_classes = torch.tensor([2, 6, 4])
+    logits = torch.tensor([[0.0, 0, 0, 0, 0, 5, 0], [0, 0, 0, 3, 0, 0, 0], [9, 0, 0, 0, 0, 0, 0]])
+    deltas = torch.randn(3, 24) * 0.1
+    transform = Box2BoxTransform(WEIGHTS[0])
+    all_boxes = transform.apply_deltas(deltas, props.proposal_boxes.tensor).view(3, 6, 4)
+    heads.train()
+    boxes, fg = heads._refine_boxes(0, (logits, deltas), [props])
+    # positives: their ground-truth class; the negative: its most probable foreground class
+    assert torch.allclose(boxes[0], all_boxes[torch.arange(3), torch.tensor([2, 3, 4])])
+    heads.eval()
+    boxes, _ = heads._refine_boxes(0, (logits, deltas), [props])
+    assert torch.allclose(boxes[0], all_boxes[torch.arange(3), torch.tensor([5, 3, 0])])
+    assert torch.allclose(fg[0], 1 - F.softmax(logits, dim=1)[:, -1])
+
+
+def test_class_specific_cascade_trains_and_predicts():
+    cfg, model = _model("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False)
+    losses, _ = losses_of(model, train_batch(cfg))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert len(detections_of(model, eval_inputs(cfg, 1))[0]["instances"]) > 0
+
+
+def _record_mask_inputs(model):
+    seen = []
+    heads = model.roi_heads.mask_head
+    for head in heads if isinstance(heads, torch.nn.ModuleList) else [heads]:
+        original = head.forward
+
+        def forward(x, instances, original=original):
+            seen.append([copy.copy(i) for i in instances])
+            return original(x, instances)
+
+        head.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("strategy,u", [("first", 0.5), ("last", 0.7)])
+def test_single_mask_head_trains_on_the_chosen_stage_positives(strategy, u):
+    cfg, model = _model("MODEL.BOX_CASCADE.MASK_STRATEGY", strategy, config=CORE_MASK)
+    seen = _record_mask_inputs(model)
+    losses, _ = losses_of(model, train_batch(cfg))
+    assert "loss_mask" in losses and torch.isfinite(losses["loss_mask"])
+    (instances,) = seen
+    ious = torch.cat([
+        pairwise_iou(i.proposal_boxes, i.gt_boxes).diagonal() for i in instances if len(i)
+    ])  # fmt: skip
+    assert len(ious) > 0 and (ious >= u - 1e-6).all()
+    if strategy == "last":
+        assert (ious >= 0.7 - 1e-6).all()
+
+
+def test_mask_head_per_stage_trains_each_and_averages_at_test():
+    cfg, model = _model("MODEL.BOX_CASCADE.MASK_STRATEGY", "every", config=CORE_MASK)
+    heads = model.roi_heads
+    assert isinstance(heads.mask_head, torch.nn.ModuleList) and len(heads.mask_head) == 3
+    seen = _record_mask_inputs(model)
+    losses, _ = losses_of(model, train_batch(cfg))
+    assert {"loss_mask_stage0", "loss_mask_stage1", "loss_mask_stage2"} <= set(losses)
+    assert len(seen) == 3
+    # learning rates of the mask heads follow their stages' weights
+    mult = heads.lr_multipliers()
+    assert (
+        mult["mask_head.2.predictor.weight"] == 4.0 and mult["mask_head.0.predictor.weight"] == 1.0
+    )
+    # test: the mask is the mean of the three heads' probabilities on the final boxes
+    model.eval()
+    inputs = eval_inputs(cfg, 1)
+    with torch.no_grad():
+        out = model.inference(inputs, do_postprocess=False)[0]
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        pooled = heads.mask_pooler([features[f] for f in heads.mask_in_features], [out.pred_boxes])
+        probs = sum(torch.sigmoid(h.layers(pooled)) for h in heads.mask_head) / 3
+        want = probs[torch.arange(len(out)), out.pred_classes][:, None]
+    assert len(out) > 0
+    assert torch.allclose(out.pred_masks, want, atol=1e-5)
+
+
+def test_training_iou_statistics_match_a_literal_histogram():
+    cfg, model = _model()
+    batch = train_batch(cfg)
+    stage_props, targets, proposals = _stage_proposals(model, cfg, batch)
+    stats = model.roi_heads.iou_stats
+    for k, props in enumerate(stage_props):
+        ious = torch.cat([pairwise_iou(p.proposal_boxes, p.gt_boxes).diagonal() for p in props])
+        want = torch.histc(ious, bins=stats.bins, min=0, max=1)
+        assert torch.equal(stats.counts[k + 1].float(), want), f"stage{k + 1}"
+        for j, u in enumerate(stats.thresholds):
+            assert stats.positives[k + 1, j] == (ious >= u).sum()
+    rpn = torch.cat([pairwise_iou(t.gt_boxes, p.proposal_boxes).max(0).values
+                     for p, t in zip(proposals, targets)])  # fmt: skip
+    assert torch.equal(stats.counts[0].float(), torch.histc(rpn, bins=stats.bins, min=0, max=1))
+    # later stages see higher-IoU boxes than the RPN (the point of Fig. 4)
+    share = stats.as_dict()["rows"]
+    assert share["stage1"]["positive_share"]["0.7"] > share["rpn"]["positive_share"]["0.7"]
+
+
+def test_integral_loss_detector_shares_head_and_regressor_and_relabels_the_same_boxes():
+    from conftest import ROOT
+
+    config = ROOT / "configs/CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_integral_loss_shapes.yaml"
+    cfg = cfg_of(config, "DATASETS.TRAIN", '("shapes_tiny_train",)',
+                 "DATASETS.TEST", '("shapes_tiny_val",)', "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
+                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "INPUT.MIN_SIZE_TRAIN", "(160,)",
+                 "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2)  # fmt: skip
+    model = model_of(cfg)
+    heads = model.roi_heads
+    assert len(heads.box_head) == 1 and len(heads.box_predictor) == 3
+    assert heads.box_predictor[2].bbox_pred is heads.box_predictor[0].bbox_pred
+    batch = train_batch(cfg)
+    losses, _ = losses_of(model, batch)
+    assert {k for k in losses if "box_reg_stage" in k} == {"loss_box_reg_stage0"}
+    assert {"loss_cls_stage0", "loss_cls_stage1", "loss_cls_stage2"} <= set(losses)
+    stage_props, targets, _ = _stage_proposals(model, cfg, batch)
+    for k, u in ((1, 0.6), (2, 0.7)):
+        for first, props, gt in zip(stage_props[0], stage_props[k], targets):
+            assert torch.equal(first.proposal_boxes.tensor, props.proposal_boxes.tensor)
+            best, idx = pairwise_iou(gt.gt_boxes, props.proposal_boxes).max(dim=0)
+            want = torch.where(best >= u, gt.gt_classes[idx], torch.full_like(idx, 6))
+            assert torch.equal(props.gt_classes, want)
