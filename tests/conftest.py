@@ -39,3 +39,13 @@ def trained_cascade(tmp_path_factory):
     out = tmp_path_factory.mktemp("cascade_instant")
     run_train_net("--config-file", INSTANT / "cascade_rcnn_instant_test.yaml", "OUTPUT_DIR", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_core(tmp_path_factory):
+    """An instant-test Cascade R-CNN of the box-cascade core trained and evaluated by
+    train_net.py (stage-wise outputs, IoU statistics). Returns (OUTPUT_DIR, stdout)."""
+    out = tmp_path_factory.mktemp("core_instant")
+    config = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml"
+    proc = run_train_net("--config-file", config, "OUTPUT_DIR", out)
+    return out, proc.stdout

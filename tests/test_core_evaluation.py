@@ -20,13 +20,6 @@ from cascade_zoo.evaluation import ap_per_iou
 CORE_INSTANT = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml"
 
 
-@pytest.fixture(scope="module")
-def core_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("core_instant")
-    proc = run_train_net("--config-file", CORE_INSTANT, "OUTPUT_DIR", out)
-    return out, proc.stdout
-
-
 def _noisy_detections(coco, seed=0):
     """Ground-truth boxes jittered at random, as fake detections with random scores."""
     rng = np.random.default_rng(seed)
@@ -56,8 +49,8 @@ def test_ap_per_iou_matches_pycocotools_summary():
     assert per_iou["AP50"] > per_iou["AP90"]  # the jitter makes high IoU harder
 
 
-def test_train_net_writes_stagewise_tables_and_json(core_run):
-    out, stdout = core_run
+def test_train_net_writes_stagewise_tables_and_json(trained_core):
+    out, stdout = trained_core
     assert "Stage-wise detection AP on shapes_tiny_val" in stdout
     assert " detections |" in stdout and " proposals |" in stdout
     results = json.loads(
@@ -77,8 +70,8 @@ def test_train_net_writes_stagewise_tables_and_json(core_run):
     assert "stage1/bbox/AP90" in final and "proposals/stage3/AR@100" in final
 
 
-def test_training_iou_statistics_json_and_resume(core_run, tmp_path):
-    out, _ = core_run
+def test_training_iou_statistics_json_and_resume(trained_core, tmp_path):
+    out, _ = trained_core
     stats = json.loads((out / "training_iou_stats.json").read_text())
     assert stats["iteration"] == 4
     assert set(stats["rows"]) == {"rpn", "stage1", "stage2", "stage3"}

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Time configs side by side (train s/iter, inference ms/image, peak memory, parameters) and
-write a Markdown table with the machine and the command.
+"""Cost report: configs side by side (parameters, FLOPs, train s/iter, inference ms/image, peak
+memory, with ratios to a baseline; parameters and FLOPs per module) as Markdown, with the
+machine and the command.
 
     python tools/benchmark.py --output docs/benchmarks.md
     python tools/benchmark.py --configs A.yaml B.yaml --baseline A.yaml --train-iters 20
 
-Each config runs in its own process, one after the other, so that peak memory is its own.
+Each config runs in its own process, one after the other, so that peak memory is its own; with
+--repeat N the configs run N times in turn (A B A B ...) and the table gives the mean of the
+runs' medians, so that slow drifts of the machine hit every config alike.
 """
 
 import argparse
@@ -28,20 +31,51 @@ def _measure_one(args):
 
     cfg = setup_cfg(args.single, args.opts)
     out = measure(
-        cfg, train_iters=args.train_iters, warmup=args.warmup, infer_images=args.infer_images
+        cfg,
+        train_iters=args.train_iters,
+        warmup=args.warmup,
+        infer_images=args.infer_images,
+        flops=not args.no_flops,
     )
     print("BENCHMARK_JSON " + json.dumps(out))
 
 
+def _mean(results):
+    out = dict(results[0])
+    for key in ("train_s_per_iter", "infer_ms_per_image", "peak_memory_mb"):
+        if key in out:
+            out[key] = sum(r[key] for r in results) / len(results)
+    return out
+
+
+def _breakdown(rows):
+    """Parameters (M) and GFLOPs per module group, one column pair per config."""
+    groups = []
+    for r in rows:
+        groups += [g for g in r["params_by_group"] if g not in groups]
+    names = [r["config"].replace("configs/", "").replace(".yaml", "") for r in rows]
+    head = "| module | " + " | ".join(f"{n} params (M) | {n} GFLOPs" for n in names) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for g in groups:
+        cells = []
+        for r in rows:
+            p = r["params_by_group"].get(g)
+            f = r.get("gflops_by_group", {}).get(g)
+            cells += ["-" if p is None else f"{p / 1e6:.3f}", "-" if f is None else f"{f:.3f}"]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _table(rows, baseline):
     base = next((r for r in rows if r["config"] == baseline), None)
-    head = "| config | params (M) | train s/iter | inference ms/image | peak memory (MB) |"
+    head = "| config | params (M) | GFLOPs | train s/iter | inference ms/image | peak memory (MB) |"
     if base:
         head += " train ratio | inference ratio | memory ratio |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = (
-            f"| `{r['config']}` | {r['params'] / 1e6:.2f} | {r['train_s_per_iter']:.3f} | "
+            f"| `{r['config']}` | {r['params'] / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
+            f"{r['train_s_per_iter']:.3f} | "
             f"{r['infer_ms_per_image']:.1f} | {r['peak_memory_mb']:.0f} ({r['peak_memory_kind']}) |"
         )
         if base:
@@ -61,6 +95,8 @@ def main(argv=None):
     parser.add_argument("--train-iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--infer-images", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over all configs")
+    parser.add_argument("--no-flops", action="store_true", help="skip fvcore's FLOP count")
     parser.add_argument("--output", help="Markdown file to write (default: print only)")
     parser.add_argument("--title", default="CPU configs on the shapes dataset")
     parser.add_argument("--single", help=argparse.SUPPRESS)
@@ -74,26 +110,31 @@ def main(argv=None):
     for path in args.configs:
         if not os.path.isfile(path):
             sys.exit(f"error: config '{path}' not found")
-    rows = []
-    for path in args.configs:
-        counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
-        counts += ["--infer-images", args.infer_images]
-        cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *args.opts]
-        print(f"benchmarking {path} ...", flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK_JSON ")]
-        if proc.returncode != 0 or not found:
-            sys.exit(f"error: benchmarking {path} failed:\n{proc.stdout[-4000:]}")
-        rows.append({"config": path, **json.loads(found[-1].split(" ", 1)[1])})
-    table = _table(rows, args.baseline)
+    runs = {path: [] for path in args.configs}
+    for round_ in range(args.repeat):
+        for path in args.configs:
+            counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
+            counts += ["--infer-images", args.infer_images]
+            flags = ["--no-flops"] if args.no_flops else []
+            cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *flags]
+            cmd += args.opts
+            print(f"benchmarking {path} (round {round_ + 1}/{args.repeat}) ...", flush=True)
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK_JSON ")]
+            if proc.returncode != 0 or not found:
+                sys.exit(f"error: benchmarking {path} failed:\n{proc.stdout[-4000:]}")
+            runs[path].append(json.loads(found[-1].split(" ", 1)[1]))
+    rows = [{"config": path, **_mean(results)} for path, results in runs.items()]
+    table = _table(rows, args.baseline) + "\n\n" + _breakdown(rows)
     command = "python tools/benchmark.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
     text = (
         f"## {args.title}\n\nMeasured {date.today().isoformat()} on: {machine_description()}.\n\n"
         f"Command: `{command}`\n\n{table}\n\n"
-        f"Train: mean of {args.train_iters} steps after {args.warmup} warm-up steps, batches "
-        f"preloaded. Inference: mean over {args.infer_images} test images, one per batch.\n"
+        f"Train: median of {args.train_iters} steps after {args.warmup} warm-up steps, batches "
+        f"preloaded. Inference: median over {args.infer_images} test images, one per batch. "
+        f"{args.repeat} round(s) over the configs, mean of the rounds.\n"
     )
     print(text)
     if args.output:

@@ -8,6 +8,7 @@ process's peak resident set size on a CPU (run one config per process to attribu
 import itertools
 import platform
 import resource
+import statistics
 import time
 from typing import Dict
 
@@ -18,6 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
+from .analysis.cost import flop_breakdown, parameter_breakdown
 from .data import prepare_shapes
 from .engine import ZooTrainer
 
@@ -45,11 +47,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def measure(cfg, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20) -> Dict:
+def measure(
+    cfg, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20, flops: bool = True
+) -> Dict:
     """Time training steps and inference of ``cfg``'s model on its own datasets.
 
-    Returns a dict: params (total, trainable), train_s_per_iter, infer_ms_per_image,
-    peak_memory_mb and peak_memory_kind ("cuda" or "cpu_rss").
+    Returns a dict: params (total, trainable), params_by_group, gflops and gflops_by_group
+    (fvcore, on the first test image, if ``flops``), train_s_per_iter and infer_ms_per_image
+    (medians over the timed steps), peak_memory_mb and peak_memory_kind ("cuda" or "cpu_rss").
     """
     torch.manual_seed(0)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
@@ -61,6 +66,17 @@ def measure(cfg, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = {"params": params, "trainable_params": trainable}
+    result["params_by_group"] = parameter_breakdown(model)
+    test_inputs = list(
+        itertools.islice(
+            build_detection_test_loader(cfg, cfg.DATASETS.TEST[0]),
+            min(infer_images + warmup, len(DatasetCatalog.get(cfg.DATASETS.TEST[0]))),
+        )
+    )
+    if flops:
+        total, groups = flop_breakdown(model, test_inputs[0][0]["image"].to(device))
+        result["gflops"] = total / 1e9
+        result["gflops_by_group"] = {k: v / 1e9 for k, v in groups.items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -80,23 +96,19 @@ def measure(cfg, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 
                 optimizer.step()
                 _sync(device)
                 times.append(time.perf_counter() - start)
-        result["train_s_per_iter"] = sum(times[warmup:]) / len(times[warmup:])
+        result["train_s_per_iter"] = statistics.median(times[warmup:])
 
     if infer_images > 0:
-        name = cfg.DATASETS.TEST[0]
-        count = min(infer_images + warmup, len(DatasetCatalog.get(name)))
-        inputs = list(itertools.islice(build_detection_test_loader(cfg, name), count))
         model.eval()
         times = []
         with torch.no_grad():
-            for batch in inputs:
+            for batch in test_inputs:
                 _sync(device)
                 start = time.perf_counter()
                 model(batch)
                 _sync(device)
                 times.append(time.perf_counter() - start)
-        timed = times[warmup:] or times
-        result["infer_ms_per_image"] = 1000 * sum(timed) / len(timed)
+        result["infer_ms_per_image"] = 1000 * statistics.median(times[warmup:] or times)
 
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

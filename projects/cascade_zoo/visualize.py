@@ -30,6 +30,15 @@ def montage(tiles: List[np.ndarray], columns: int) -> np.ndarray:
     return out
 
 
+def _caption(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with a white band on top holding ``text``."""
+    from PIL import ImageDraw
+
+    band = Image.new("RGB", (image.shape[1], 16), "white")
+    ImageDraw.Draw(band).text((3, 2), text, fill="black")
+    return np.concatenate([np.asarray(band), image], 0)
+
+
 def draw_predictions(
     cfg,
     dataset_name: str,
@@ -38,11 +47,15 @@ def draw_predictions(
     num_images: int = 8,
     score_threshold: float = 0.5,
     with_ground_truth: bool = True,
+    stages: bool = False,
     columns: Optional[int] = None,
 ) -> str:
     """Run ``DefaultPredictor(cfg)`` on the first ``num_images`` images of a registered dataset
     and write one PNG: per image, the predictions (score >= threshold) and, beside them, the
-    ground truth. Returns ``output_path``.
+    ground truth. With ``stages``, one row per image: each stage's own detections, the
+    ensemble's, then the ground truth (needs a model returning "stage_instances", i.e.
+    META_ARCHITECTURE BoxCascadeRCNN with MODEL.BOX_CASCADE.STAGEWISE_TEST). Returns
+    ``output_path``.
     """
     prepare_shapes(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)
@@ -54,16 +67,28 @@ def draw_predictions(
     for record in dicts[:num_images]:
         image = read_image(record["file_name"], format=predictor.input_format)
         rgb = image[:, :, ::-1] if predictor.input_format == "BGR" else image
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= score_threshold]
-        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+        outputs = predictor(image)
+        if stages:
+            if "stage_instances" not in outputs:
+                raise ValueError(
+                    "stages=True needs a model returning stage-wise outputs: "
+                    "MODEL.META_ARCHITECTURE BoxCascadeRCNN and MODEL.BOX_CASCADE.STAGEWISE_TEST"
+                )
+            panels = list(outputs["stage_instances"].items())
+        else:
+            panels = [("", outputs["instances"])]
+        row = []
+        for name, instances in panels:
+            instances = instances.to("cpu")
+            instances = instances[instances.scores >= score_threshold]
+            drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+            row.append(_caption(drawn, name) if stages else drawn)
         if with_ground_truth:
             truth = Visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
-            drawn = np.concatenate(
-                [drawn, np.full((drawn.shape[0], 4, 3), 255, np.uint8), truth], 1
-            )
-        tiles.append(drawn)
-    picture = montage(tiles, columns or (2 if with_ground_truth else 4))
+            row.append(_caption(truth, "ground truth") if stages else truth)
+        gap = np.full((row[0].shape[0], 4, 3), 255, np.uint8)
+        tiles.append(np.concatenate([x for tile in row for x in (tile, gap)][:-1], 1))
+    picture = montage(tiles, columns or (1 if stages else 2 if with_ground_truth else 4))
     Image.fromarray(picture).save(output_path)
     logger.info(f"Wrote {len(tiles)} images of predictions to {output_path}")
     return output_path
