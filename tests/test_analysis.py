@@ -197,8 +197,9 @@ def test_cost_report_side_by_side_with_ratios(tmp_path):
     md = tmp_path / "cost.md"
     proc = tool("benchmark.py", "--configs", FASTER_INSTANT, CORE_INSTANT, "--baseline",
                 FASTER_INSTANT, "--train-iters", 1, "--warmup", 1, "--infer-images", 1,
-                "--output", md, "--title", "instant")  # fmt: skip
+                "--output", md, "--title", "instant", "--interleave")  # fmt: skip
     text = md.read_text()
+    assert "taking turns at every step" in text
     assert "## instant" in text and "Measured" in text
     assert "Command: `python tools/benchmark.py" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("| `")]
@@ -223,3 +224,29 @@ def test_visualize_per_stage_and_without_stage_outputs(trained_core, tmp_path):
     bad = tool("visualize.py", "--config-file", FASTER_INSTANT, "--dataset", "shapes_tiny_val",
                "--output", tmp_path / "x.png", "--stages", check=False)  # fmt: skip
     assert bad.returncode != 0 and "stage-wise outputs" in bad.stdout
+
+
+def test_predicted_iou_panel_when_detections_carry_it(tmp_path):
+    check_dataset_files("shapes_tiny_val")
+    gt_json = MetadataCatalog.get("shapes_tiny_val").json_file
+    gt = json.load(open(gt_json))
+    rng = np.random.default_rng(0)
+    dets = []
+    for ann in gt["annotations"][:40]:
+        x, y, w, h = ann["bbox"]
+        shift = rng.uniform(0, 0.5) * w
+        dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                     "bbox": [x + shift, y, w, h], "score": float(rng.uniform()),
+                     "predicted_iou": float(rng.uniform())})  # fmt: skip
+    results = tmp_path / "dets.json"
+    results.write_text(json.dumps(dets))
+    matches = match_detections(gt_json, str(results))
+    assert "predicted_iou" in matches and len(matches["predicted_iou"]) == 40
+    # a box shifted right by s*w keeps IoU (w - s*w) / (w + s*w) with its own ground truth
+    for det, ann, iou in zip(dets, gt["annotations"][:40], matches["iou"]):
+        s = (det["bbox"][0] - ann["bbox"][0]) / ann["bbox"][2]
+        assert iou >= (1 - s) / (1 + s) - 1e-6
+    tool("plot_score_iou.py", "--results", results, "--gt-json", gt_json, "--min-score", 0,
+         "--output-dir", tmp_path)  # fmt: skip
+    assert "mean predicted IoU" in (tmp_path / "score_vs_iou.md").read_text()
+    assert Image.open(tmp_path / "score_vs_iou.png").size[0] > 800  # two panels

@@ -40,6 +40,25 @@ def _measure_one(args):
     print("BENCHMARK_JSON " + json.dumps(out))
 
 
+def _measure_interleaved(args):
+    from cascade_zoo import setup_cfg
+    from cascade_zoo.benchmark import measure_interleaved
+
+    cfgs = [setup_cfg(path, args.opts) for path in args.interleaved_run.split(",")]
+    out = measure_interleaved(
+        cfgs, train_iters=args.train_iters, warmup=args.warmup, infer_images=args.infer_images
+    )
+    print("BENCHMARK_JSON " + json.dumps(out))
+
+
+def _run(cmd, what):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK_JSON ")]
+    if proc.returncode != 0 or not found:
+        sys.exit(f"error: benchmarking {what} failed:\n{proc.stdout[-4000:]}")
+    return json.loads(found[-1].split(" ", 1)[1])
+
+
 def _mean(results):
     out = dict(results[0])
     for key in ("train_s_per_iter", "infer_ms_per_image", "peak_memory_mb"):
@@ -97,6 +116,13 @@ def main(argv=None):
     parser.add_argument("--infer-images", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all configs")
     parser.add_argument("--no-flops", action="store_true", help="skip fvcore's FLOP count")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time all configs in one process on the same inputs, taking turns at every step "
+        "(for ratios: removes process-to-process noise); memory still per config process",
+    )
+    parser.add_argument("--interleaved-run", help=argparse.SUPPRESS)  # comma-separated configs
     parser.add_argument("--output", help="Markdown file to write (default: print only)")
     parser.add_argument("--title", default="CPU configs on the shapes dataset")
     parser.add_argument("--single", help=argparse.SUPPRESS)
@@ -104,6 +130,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.single:
         return _measure_one(args)
+    if args.interleaved_run:
+        return _measure_interleaved(args)
 
     from cascade_zoo.benchmark import machine_description
 
@@ -119,22 +147,43 @@ def main(argv=None):
             cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *flags]
             cmd += args.opts
             print(f"benchmarking {path} (round {round_ + 1}/{args.repeat}) ...", flush=True)
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK_JSON ")]
-            if proc.returncode != 0 or not found:
-                sys.exit(f"error: benchmarking {path} failed:\n{proc.stdout[-4000:]}")
-            runs[path].append(json.loads(found[-1].split(" ", 1)[1]))
+            runs[path].append(_run(cmd, path))
     rows = [{"config": path, **_mean(results)} for path, results in runs.items()]
+    timing = (
+        f"Train: median of {args.train_iters} steps after {args.warmup} warm-up steps, batches "
+        f"preloaded. Inference: median over {args.infer_images} test images, one per batch. "
+        f"{args.repeat} round(s) over the configs, each config in its own process, mean of the "
+        "rounds."
+    )
+    if args.interleave:
+        counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
+        counts += ["--infer-images", args.infer_images]
+        for round_ in range(args.repeat):
+            print(f"benchmarking interleaved (round {round_ + 1}/{args.repeat}) ...", flush=True)
+            cmd = [sys.executable, __file__, *map(str, counts)]
+            cmd += ["--interleaved-run", ",".join(args.configs), *args.opts]
+            results = _run(cmd, "interleaved")
+            for row, res in zip(rows, results):
+                for key, value in res.items():
+                    row.setdefault("_interleaved", []).append((key, value))
+        for row in rows:
+            values = row.pop("_interleaved")
+            for key in ("train_s_per_iter", "infer_ms_per_image"):
+                picked = [v for k, v in values if k == key]
+                row[key] = sum(picked) / len(picked)
+        timing = (
+            f"Times: all configs in one process on the same inputs, taking turns at every step "
+            f"(train: median of {args.train_iters} steps after {args.warmup} warm-up; inference: "
+            f"median over {args.infer_images} test images), mean of {args.repeat} rounds; peak "
+            "memory, parameters and FLOPs: each config in its own process."
+        )
     table = _table(rows, args.baseline) + "\n\n" + _breakdown(rows)
     command = "python tools/benchmark.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
     text = (
         f"## {args.title}\n\nMeasured {date.today().isoformat()} on: {machine_description()}.\n\n"
-        f"Command: `{command}`\n\n{table}\n\n"
-        f"Train: median of {args.train_iters} steps after {args.warmup} warm-up steps, batches "
-        f"preloaded. Inference: median over {args.infer_images} test images, one per batch. "
-        f"{args.repeat} round(s) over the configs, mean of the rounds.\n"
+        f"Command: `{command}`\n\n{table}\n\n{timing}\n"
     )
     print(text)
     if args.output:

@@ -18,7 +18,8 @@ Extension points (see docs/architecture.md):
   per-box tensors (aligned with the stage's boxes) carried from stage to stage (FSCascade);
 - ``stage_head_indices`` / ``num_test_stages``: stages sharing modules, loop counts decoupled
   from the thresholds (R3-CNN);
-- ``_run_stage`` / ``_stage_losses``: what runs in a stage and its losses (parallel modules, PRM);
+- ``_train_stage`` / ``_predict`` / ``_stage_losses``: what a stage runs in training (its
+  samples, modules, losses) and at test (parallel modules with a merge policy, PRM);
 - ``rcnn_parameter_names()`` and ``lr_multipliers()``: named parameter groups (RGA, stage LRs);
 - ``STAGE_SAMPLER_REGISTRY``: training boxes per stage; ``_rescore(features, instances)``: a
   test-time rescoring step (IoU-Uniform).
@@ -261,7 +262,6 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         features = [features[f] for f in self.box_in_features]
         image_sizes = [p.image_size for p in proposals]
         self.iou_stats.record_proposals(proposals, targets)
-        storage = get_event_storage()
         memory: Dict[str, torch.Tensor] = {}
         losses, stage_proposals = {}, []
         boxes = scores = None
@@ -269,15 +269,24 @@ class BoxCascadeROIHeads(CascadeROIHeads):
             if k > 0:
                 proposals, keep = self._next_stage_proposals(boxes, image_sizes, scores)
                 memory = self._filter_memory(memory, keep, k)
-            proposals = self.stage_samplers[k](self, k, proposals, targets)
-            self.iou_stats.record_stage(k, proposals)
-            predictions = self._run_stage(features, proposals, k, memory)
-            with storage.name_scope(f"stage{k}"):
-                stage_losses = self._stage_losses(k, predictions, proposals)
+            proposals, stage_losses, boxes, scores = self._train_stage(
+                features, k, proposals, targets, memory
+            )
             losses.update({f"{name}_stage{k}": v for name, v in stage_losses.items()})
-            boxes, scores = self._refine_boxes(k, predictions, proposals)
             stage_proposals.append(proposals)
         return losses, stage_proposals
+
+    def _train_stage(self, features, stage, proposals, targets, memory):
+        """One training stage: sample its boxes, run it, its weighted losses, its refined boxes.
+        Returns (training boxes, losses, refined boxes per image, their foreground scores).
+        Override to run several modules in a stage, each on its own samples (PRM)."""
+        proposals = self.stage_samplers[stage](self, stage, proposals, targets)
+        self.iou_stats.record_stage(stage, proposals)
+        predictions = self._run_stage(features, proposals, stage, memory)
+        with get_event_storage().name_scope(f"stage{stage}"):
+            losses = self._stage_losses(stage, predictions, proposals)
+        boxes, scores = self._refine_boxes(stage, predictions, proposals)
+        return proposals, losses, boxes, scores
 
     def _forward_box_test(self, features, proposals):
         """Returns the final detections and, when ``stagewise_test``, an extras dict with

@@ -10,13 +10,12 @@ import platform
 import resource
 import statistics
 import time
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.modeling import build_model
-from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
 from .analysis.cost import flop_breakdown, parameter_breakdown
@@ -42,9 +41,76 @@ def machine_description() -> str:
     )
 
 
-def _sync(device):
-    if device.type == "cuda":
+def _sync(model):
+    if next(model.parameters()).device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _train_step(model, optimizer, batch) -> float:
+    """Seconds of one training step (forward, backward, SGD step)."""
+    model.train()
+    _sync(model)
+    start = time.perf_counter()
+    losses = sum(model(batch).values())
+    optimizer.zero_grad()
+    losses.backward()
+    optimizer.step()
+    _sync(model)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def _inference(model, batch) -> float:
+    """Seconds of one inference."""
+    model.eval()
+    _sync(model)
+    start = time.perf_counter()
+    model(batch)
+    _sync(model)
+    return time.perf_counter() - start
+
+
+def measure_interleaved(
+    cfgs, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20
+) -> List[Dict]:
+    """Time several configs in one process on the same inputs, taking turns at every step (the
+    order rotating), so that the machine's drift and process-to-process noise hit all alike.
+    Inputs come from the first config's datasets; models start from the first model's weights
+    where parameter names and shapes agree. Returns, per config, train_s_per_iter and
+    infer_ms_per_image (medians)."""
+    torch.manual_seed(0)
+    first = cfgs[0]
+    for name in (*first.DATASETS.TRAIN, *first.DATASETS.TEST):
+        prepare_shapes(name)
+    models = [build_model(cfg) for cfg in cfgs]
+    reference = models[0].state_dict()
+    for model in models[1:]:
+        own = model.state_dict()
+        same = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(same, strict=False)
+    optimizers = [ZooTrainer.build_optimizer(cfg, m) for cfg, m in zip(cfgs, models)]
+    batches = list(itertools.islice(ZooTrainer.build_train_loader(first), warmup + train_iters))
+    count = min(infer_images + warmup, len(DatasetCatalog.get(first.DATASETS.TEST[0])))
+    tests = list(
+        itertools.islice(build_detection_test_loader(first, first.DATASETS.TEST[0]), count)
+    )
+    n = len(models)
+    train = [[] for _ in models]
+    infer = [[] for _ in models]
+    with EventStorage(0):
+        for i, batch in enumerate(batches):
+            for j in [(i + k) % n for k in range(n)]:
+                train[j].append(_train_step(models[j], optimizers[j], batch))
+    for i, batch in enumerate(tests):
+        for j in [(i + k) % n for k in range(n)]:
+            infer[j].append(_inference(models[j], batch))
+    return [
+        {
+            "train_s_per_iter": statistics.median(t[warmup:]) if train_iters else float("nan"),
+            "infer_ms_per_image": 1000 * statistics.median(f[warmup:] or f),
+        }
+        for t, f in zip(train, infer)
+    ]
 
 
 def measure(
@@ -81,33 +147,14 @@ def measure(
         torch.cuda.reset_peak_memory_stats()
 
     if train_iters > 0:
-        loader = ZooTrainer.build_train_loader(cfg)
-        batches = list(itertools.islice(loader, warmup + train_iters))
-        optimizer = build_optimizer(cfg, model)
-        model.train()
-        times = []
+        batches = list(itertools.islice(ZooTrainer.build_train_loader(cfg), warmup + train_iters))
+        optimizer = ZooTrainer.build_optimizer(cfg, model)
         with EventStorage(0):
-            for batch in batches:
-                _sync(device)
-                start = time.perf_counter()
-                losses = sum(model(batch).values())
-                optimizer.zero_grad()
-                losses.backward()
-                optimizer.step()
-                _sync(device)
-                times.append(time.perf_counter() - start)
+            times = [_train_step(model, optimizer, batch) for batch in batches]
         result["train_s_per_iter"] = statistics.median(times[warmup:])
 
     if infer_images > 0:
-        model.eval()
-        times = []
-        with torch.no_grad():
-            for batch in test_inputs:
-                _sync(device)
-                start = time.perf_counter()
-                model(batch)
-                _sync(device)
-                times.append(time.perf_counter() - start)
+        times = [_inference(model, batch) for batch in test_inputs]
         result["infer_ms_per_image"] = 1000 * statistics.median(times[warmup:] or times)
 
     if device.type == "cuda":

@@ -63,12 +63,13 @@ def match_detections(gt_json: str, results_json: str, min_score: float = 0.0) ->
 
 
 def plot_matches(matches: Dict, output_path: str, title: str = "") -> str:
-    """Score against true IoU (and, if present, predicted against true IoU) as 2-D histograms,
-    with the mean per IoU bin overlaid. Returns ``output_path``."""
+    """Score against true IoU (and, if present, predicted against true IoU) as 2-D histograms
+    (log colour scale), with the mean per IoU bin overlaid. Returns ``output_path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     panels = [("score", "score")]
     if "predicted_iou" in matches:
@@ -77,7 +78,7 @@ def plot_matches(matches: Dict, output_path: str, title: str = "") -> str:
     bins = np.linspace(0, 1, 21)
     for ax, (key, label) in zip(axes[0], panels):
         if len(matches["iou"]):
-            ax.hist2d(matches["iou"], matches[key], bins=[bins, bins], cmap="Blues", cmin=1)
+            ax.hist2d(matches["iou"], matches[key], bins=[bins, bins], cmap="Blues", norm=LogNorm())
             centres, means = binned_means(matches["iou"], matches[key], bins)
             ax.plot(centres, means, color="tab:red", marker="o", markersize=3, label="mean")
             ax.legend(fontsize=8)
