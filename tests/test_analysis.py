@@ -250,3 +250,17 @@ def test_predicted_iou_panel_when_detections_carry_it(tmp_path):
          "--output-dir", tmp_path)  # fmt: skip
     assert "mean predicted IoU" in (tmp_path / "score_vs_iou.md").read_text()
     assert Image.open(tmp_path / "score_vs_iou.png").size[0] > 800  # two panels
+
+
+def test_empty_dataset_gives_a_clear_error(tmp_path):
+    from cascade_zoo.data import register_coco_dataset
+    from cascade_zoo.visualize import draw_predictions
+
+    (tmp_path / "images").mkdir()
+    empty = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "circle"}]}
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    register_coco_dataset("empty_for_analysis", tmp_path / "empty.json", tmp_path / "images")
+    with pytest.raises(ValueError, match="'empty_for_analysis' is empty"):
+        draw_predictions(
+            setup_cfg(str(CORE_INSTANT)), "empty_for_analysis", str(tmp_path / "x.png")
+        )
