@@ -9,6 +9,8 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Sequence, Tuple
 
+from ._plot import pyplot, save_figure
+
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 AP_KEYS = [f"AP{int(round(t * 100))}" for t in IOU_THRESHOLDS]
 
@@ -120,10 +122,7 @@ def plot_ap_curves(
 ) -> str:
     """One PNG: AP (%) against the IoU threshold for every curve; if ``differences`` are given,
     a second panel with them (and a zero line). Returns ``output_path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = 2 if differences else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.6), squeeze=False)
@@ -145,7 +144,4 @@ def plot_ap_curves(
         ax.set_title("differences")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(output_path, dpi=110)
-    plt.close(fig)
-    return output_path
+    return save_figure(fig, output_path)

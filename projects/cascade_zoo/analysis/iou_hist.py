@@ -12,6 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ._plot import pyplot, save_figure
 from .ap_iou import AnalysisInputError
 
 
@@ -72,10 +73,7 @@ def _progress(iterable, total):
 def plot_iou_histograms(stats: Dict, output_path: str, title: str = "") -> str:
     """One panel per row (RPN proposals, stage 1, ...): the share of training boxes in each IoU
     bin, with the share of positives at each stage threshold written in the panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = stats["rows"]
     edges = stats["bin_edges"]
@@ -92,9 +90,4 @@ def plot_iou_histograms(stats: Dict, output_path: str, title: str = "") -> str:
         ax.set_xlabel("IoU with ground truth")
         ax.set_xlim(0, 1)
     axes[0][0].set_ylabel("share of training boxes")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(output_path, dpi=110)
-    plt.close(fig)
-    return output_path
+    return save_figure(fig, output_path, title)

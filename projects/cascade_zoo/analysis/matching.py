@@ -9,6 +9,7 @@ from typing import Dict
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ._plot import pyplot, save_figure
 from .ap_iou import AnalysisInputError
 
 
@@ -65,10 +66,7 @@ def match_detections(gt_json: str, results_json: str, min_score: float = 0.0) ->
 def plot_matches(matches: Dict, output_path: str, title: str = "") -> str:
     """Score against true IoU (and, if present, predicted against true IoU) as 2-D histograms
     (log colour scale), with the mean per IoU bin overlaid. Returns ``output_path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     panels = [("score", "score")]
@@ -86,12 +84,7 @@ def plot_matches(matches: Dict, output_path: str, title: str = "") -> str:
         ax.set_ylabel(label)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(output_path, dpi=110)
-    plt.close(fig)
-    return output_path
+    return save_figure(fig, output_path, title)
 
 
 def binned_means(x: np.ndarray, y: np.ndarray, bins: np.ndarray):
