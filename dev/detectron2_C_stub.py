@@ -36,6 +36,27 @@ def has_cuda():
     return False
 
 
+def _register_torch_ops():
+    """Ops the compiled extension registers with torch (``torch.ops.detectron2.*``, e.g. used by
+    ``detectron2.layers.nms_rotated``) get placeholders that raise the same clear error."""
+    try:
+        import torch
+
+        library = torch.library.Library("detectron2", "DEF")
+        library.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
+
+        def nms_rotated(boxes, scores, iou_threshold):
+            raise CompiledOpUnavailableError(_MESSAGE.format(name="nms_rotated"))
+
+        library.impl("nms_rotated", nms_rotated, "CompositeExplicitAutograd")
+        return library
+    except Exception:  # an older torch, or the op exists already: leave torch's own error
+        return None
+
+
+_TORCH_LIBRARY = _register_torch_ops()  # kept alive: the registration lasts as long as it
+
+
 def __getattr__(name):
     if name.startswith("__"):
         raise AttributeError(name)

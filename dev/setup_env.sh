@@ -57,8 +57,17 @@ fi
 log "installing dev/requirements.txt"
 pip_install wheel -r dev/requirements.txt
 
-if ! "$vpy" -c "import detectron2" >/dev/null 2>&1; then
-    log "no Detectron2 found: installing $d2_fallback (Python-only, no compiled ops)"
+# The Python-only fallback is (re)installed when there is no Detectron2, or when the installed
+# fallback was prepared by other versions of our helper files.
+fallback_fp=$(cat dev/detectron2_C_stub.py dev/prepare_detectron2_sdist.py | sha256sum | cut -c1-16)
+fallback_stamp=$venv/.cascade-zoo-detectron2-fallback
+stale_fallback=0
+if "$vpy" -m pip show --disable-pip-version-check pb1-detectron2 >/dev/null 2>&1 &&
+    [ "$(cat "$fallback_stamp" 2>/dev/null)" != "$fallback_fp" ]; then
+    stale_fallback=1
+fi
+if [ "$stale_fallback" = 1 ] || ! "$vpy" -c "import detectron2" >/dev/null 2>&1; then
+    log "installing $d2_fallback (Python-only, no compiled ops)"
     mkdir -p "$cache"
     sdist=$(find "$cache" -maxdepth 1 -name 'pb1-detectron2-0.6.tar.gz' | head -n 1)
     if [ -z "$sdist" ]; then
@@ -70,7 +79,8 @@ if ! "$vpy" -c "import detectron2" >/dev/null 2>&1; then
     rm -rf "$cache/src" && mkdir -p "$cache/src"
     tar -xzf "$sdist" -C "$cache/src"
     "$vpy" dev/prepare_detectron2_sdist.py "$cache/src/pb1-detectron2-0.6"
-    pip_install --no-deps --no-build-isolation "$cache/src/pb1-detectron2-0.6"
+    pip_install --no-deps --no-build-isolation --force-reinstall "$cache/src/pb1-detectron2-0.6"
+    echo "$fallback_fp" >"$fallback_stamp"
 fi
 
 log "installing cascade-zoo (editable)"
