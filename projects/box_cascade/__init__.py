@@ -3,18 +3,20 @@ extension points the other papers of the project use. Importing it registers the
 ("BoxCascadeROIHeads", "IntegralLossROIHeads"), the meta-architecture ("BoxCascadeRCNN"), the
 stage samplers and the stage-wise evaluator."""
 
-from cascade_zoo.evaluation import EXTRA_EVALUATORS
+from cascade_zoo.evaluation import EXTRA_EVALUATOR_REGISTRY
 
 from .config import add_box_cascade_config
+from .ensembles import TEST_ENSEMBLE_REGISTRY, merge_branch_predictions, register_test_ensemble
 from .evaluation import StageWiseCOCOEvaluator, build_stagewise_evaluator, format_stagewise_tables
 from .integral_loss import IntegralLossROIHeads
 from .meta_arch import BoxCascadeRCNN
 from .roi_heads import BoxCascadeROIHeads, stage_loss_weights
 from .samplers import STAGE_SAMPLER_REGISTRY, StageSampler, build_stage_sampler
+from .stages import StagePlan, StageRecord
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook
 
-if build_stagewise_evaluator not in EXTRA_EVALUATORS:
-    EXTRA_EVALUATORS.append(build_stagewise_evaluator)
+if "build_stagewise_evaluator" not in EXTRA_EVALUATOR_REGISTRY:
+    EXTRA_EVALUATOR_REGISTRY.register(build_stagewise_evaluator)
 
 __all__ = [
     "add_box_cascade_config",
@@ -22,6 +24,11 @@ __all__ = [
     "BoxCascadeROIHeads",
     "IntegralLossROIHeads",
     "STAGE_SAMPLER_REGISTRY",
+    "StagePlan",
+    "StageRecord",
+    "TEST_ENSEMBLE_REGISTRY",
+    "register_test_ensemble",
+    "merge_branch_predictions",
     "StageSampler",
     "StageWiseCOCOEvaluator",
     "TrainingIoUStats",

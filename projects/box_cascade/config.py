@@ -20,17 +20,25 @@ def add_box_cascade_config(cfg: CN) -> None:
     _C.LOSS_WEIGHTING = "decay"
     # w_t per stage when LOSS_WEIGHTING is "explicit" (one per stage).
     _C.STAGE_LOSS_WEIGHTS = []
-    # The paper's rule (Sec. 6.3): the learning rate of stage t's head (box head, predictor and,
-    # with MASK_STRATEGY "every", its mask head) is multiplied by 1/w_t, so that the head sees
-    # unweighted gradients while the backbone sees weighted ones. Not used with "detectron2".
+    # The paper's rule (Sec. 6.3): stage t's head (box head, predictor and, with MASK_STRATEGY
+    # "every", its mask head) is trained at 1/w_t times the rate its weighted loss gives it, so
+    # that it learns as from an unweighted loss while the backbone sees the weighted ones. As in
+    # the authors' code it scales the head's gradient (before weight decay, momentum and
+    # clipping), so weight decay is unchanged. Not used with "detectron2"; a head shared by stages
+    # of different weights cannot have it (an error says so).
     _C.HEAD_LR_RESCALE = True
     # How each stage gets its training boxes: a name in STAGE_SAMPLER_REGISTRY per stage, or []
     # for the paper's and Detectron2's ["sample", "refined", "refined", ...]: stage 1 samples
     # ROI_HEADS.BATCH_SIZE_PER_IMAGE RPN proposals (+ ground truth) with at most
     # ROI_HEADS.POSITIVE_FRACTION positives; later stages train on all refined boxes of the
-    # previous stage (Sec. 4.3 / 6.1.2). "resample" re-samples refined boxes (+ ground truth)
-    # with the same batch size and positive fraction, as mmdetection does.
+    # previous stage (Sec. 4.3 / 6.1.2). "resample" re-samples a later stage's boxes with the same
+    # batch size and positive fraction (with LATER_STAGE_GT "readd": mmdetection's cascade).
     _C.STAGE_SAMPLERS = []
+    # Ground truth in the training boxes of stages after the first: "readd" (the authors' code
+    # and mmdetection): the regressed copies of the ground-truth boxes that stage 1 added are
+    # dropped and the exact ground-truth boxes added again; "keep" (Detectron2's
+    # CascadeROIHeads): the regressed copies stay, nothing is added.
+    _C.LATER_STAGE_GT = "readd"
     # All stages use one box head and predictor (iterative BBox, Table 1 / Fig. 3c, when trained
     # as one stage; R3-CNN's loops). Needs equal BBOX_REG_WEIGHTS for all stages.
     _C.SHARED_HEAD = False

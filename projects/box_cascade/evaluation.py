@@ -119,7 +119,7 @@ def _table(rows, columns: List[str], first: str) -> str:
 
 
 def build_stagewise_evaluator(cfg, dataset_name: str, output_folder: str):
-    """For ZooTrainer (registered in cascade_zoo.evaluation.EXTRA_EVALUATORS): the stage-wise
+    """For ZooTrainer (in cascade_zoo.evaluation.EXTRA_EVALUATOR_REGISTRY): the stage-wise
     evaluator when the model returns stage-wise outputs, else None."""
     from detectron2.modeling import ROI_HEADS_REGISTRY
 

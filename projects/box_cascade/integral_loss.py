@@ -11,6 +11,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 
 from .roi_heads import BoxCascadeROIHeads
 from .samplers import RefinedBoxes
+from .stages import StageRecord
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -29,6 +30,9 @@ class IntegralLossROIHeads(BoxCascadeROIHeads):
                 "IntegralLossROIHeads: stages after the first must use the 'refined' sampler "
                 "(which here re-labels the same boxes)"
             )
+        # The later "stages" re-label the first stage's boxes: nothing to refine, no ground truth
+        # to re-add.
+        ret["later_stage_gt"] = "keep"
         ret["box_heads"] = ret["box_heads"][:1]
         ret["stage_head_indices"] = [0] * num_stages
         ret["stage_predictor_indices"] = list(range(num_stages))
@@ -38,14 +42,14 @@ class IntegralLossROIHeads(BoxCascadeROIHeads):
             predictor.box2box_transform = first.box2box_transform
         return ret
 
-    def _refine_boxes(self, stage, predictions, proposals):
+    def refine_boxes(self, record: StageRecord):
         """No refinement: every classifier sees the boxes of the first stage."""
-        probs = self._predictor(stage).predict_probs(predictions, proposals)
-        return [p.proposal_boxes.tensor for p in proposals], [1.0 - q[:, -1] for q in probs]
+        probs = self.stage_probs(record)
+        return [p.proposal_boxes.tensor for p in record.proposals], [1.0 - q[:, -1] for q in probs]
 
-    def _stage_losses(self, stage, predictions, proposals) -> Dict[str, torch.Tensor]:
+    def stage_losses(self, record: StageRecord) -> Dict[str, torch.Tensor]:
         """Eq. 14: a classification loss per threshold; the one regressor's loss only once."""
-        losses = super()._stage_losses(stage, predictions, proposals)
-        if stage > 0:
+        losses = super().stage_losses(record)
+        if record.stage > 0:
             losses.pop("loss_box_reg")
         return losses

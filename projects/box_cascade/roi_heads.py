@@ -4,25 +4,22 @@ generalised so that the other papers of this project are subclasses or configs o
 Shapes: N images, R boxes over all images (Ri in image i), K foreground classes, T stages,
 C channels, P pooler resolution.
 
-One stage k (0-based here; 1-based in configs and reports) is: its training boxes (a stage
-sampler), a box head (pooled features -> features), a predictor (class logits + box deltas with
-its own regression weights), a loss weight w_k. Between stages the boxes are refined by the
-stage's deltas (detached). At test time an ensemble policy gives the scores, the output stage
-the boxes.
+A stage k (0-based here; 1-based in configs and reports) gets its training boxes from a stage
+sampler, pools at them, runs a box head and a predictor (class logits + box deltas with its own
+regression weights) and adds its losses times w_k; its regressed boxes (detached) are the next
+stage's input. Each pass of a stage is a :class:`~box_cascade.stages.StageRecord`; which
+modules a stage runs and how many stages run at test is the :class:`~box_cascade.stages.StagePlan`;
+test-time ensembles are registered functions (``ensembles.py``), mask strategies live in
+``masks.py``, training boxes in ``samplers.py``.
 
 Parameter names are Detectron2's CascadeROIHeads' (``box_head.k``, ``box_predictor.k``,
 ``mask_head``), so a Detectron2 Cascade R-CNN checkpoint loads as it is.
 
-Extension points (see docs/architecture.md):
-- ``_stage_features(stage, box_features, memory)``: the head of a stage; ``memory`` is a dict of
-  per-box tensors (aligned with the stage's boxes) carried from stage to stage (FSCascade);
-- ``stage_head_indices`` / ``num_test_stages``: stages sharing modules, loop counts decoupled
-  from the thresholds (R3-CNN);
-- ``_train_stage`` / ``_predict`` / ``_stage_losses``: what a stage runs in training (its
-  samples, modules, losses) and at test (parallel modules with a merge policy, PRM);
-- ``rcnn_parameter_names()`` and ``lr_multipliers()``: named parameter groups (RGA, stage LRs);
-- ``STAGE_SAMPLER_REGISTRY``: training boxes per stage; ``_rescore(features, instances)``: a
-  test-time rescoring step (IoU-Uniform).
+Extension points (each pinned by a contract test in tests/box_cascade/test_extension_points.py):
+``stage_features`` (per-box memory), ``stage_samples`` / ``run_branches`` / ``stage_losses``
+(branches trained on their own samples, parallel modules), ``predict`` (merging parallel
+modules at test), ``rescore`` (scores from extra outputs, before NMS), the stage plan (shared
+modules, test loops), ``rcnn_parameter_names`` (gradient schedules such as RGA's).
 """
 
 import logging
@@ -37,20 +34,22 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
-from detectron2.modeling.roi_heads.mask_head import build_mask_head, mask_rcnn_inference
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .samplers import build_stage_sampler
+from cascade_zoo.engine.gradients import GradientScale, group_by_value
+
+from .ensembles import build_test_ensemble
+from .masks import PerStageMaskHeads, check_mask_strategy, mask_train_losses
+from .samplers import append_ground_truth, build_stage_sampler, drop_ground_truth
+from .stages import Predictions, StagePlan, StageRecord, as_predictions, d2_pair
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook
 
 logger = logging.getLogger(__name__)
 
 LOSS_WEIGHTINGS = ("decay", "avg", "explicit", "detectron2")
-TEST_ENSEMBLES = ("all_on_final", "mean_probs", "mean_logits", "none")
-MASK_STRATEGIES = ("first", "last", "every")
+LATER_STAGE_GT = ("readd", "keep")
 
 
 def stage_loss_weights(scheme: str, num_stages: int, explicit=()) -> List[float]:
@@ -79,6 +78,13 @@ def stage_loss_weights(scheme: str, num_stages: int, explicit=()) -> List[float]
 class BoxCascadeROIHeads(CascadeROIHeads):
     """Cascade R-CNN and Cascade Mask R-CNN of the TPAMI paper, complete (see module doc)."""
 
+    #: Subclasses whose ``stage_features`` read the previous stage's per-box memory set this:
+    #: their later stages must then run on the previous stage's boxes, in order (checked when
+    #: built).
+    reads_memory = False
+    #: Parameter-name prefixes of the R-CNN module (see ``rcnn_parameter_names``).
+    rcnn_module_prefixes = ("box_head.", "box_predictor.")
+
     @configurable
     def __init__(
         self,
@@ -92,11 +98,13 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         scale_pooled_gradient: bool = False,
         head_lr_rescale: bool = True,
         stage_samplers: List[Callable],
+        later_stage_gt: str = "readd",
         test_stage: int = -1,
         test_ensemble: str = "all_on_final",
         stagewise_test: bool = False,
         mask_strategy: str = "first",
         iou_histogram_bins: int = 20,
+        iou_stats_period: int = 0,
         stage_head_indices: Optional[List[int]] = None,
         stage_predictor_indices: Optional[List[int]] = None,
         num_test_stages: Optional[int] = None,
@@ -106,20 +114,24 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         Args (beyond CascadeROIHeads'):
             stage_loss_weights: w_t for each of the T training stages.
             scale_pooled_gradient: Detectron2's scheme: scale the pooled features' gradient by
-                1/T in each stage (use with weights of 1).
-            head_lr_rescale: multiply stage t's head learning rate by 1/w_t (paper).
+                1/T in each stage in training (use with weights of 1).
+            head_lr_rescale: the paper's head rule: stage t's head (box head, predictor, and
+                its mask head with mask_strategy "every") gets its gradient times 1/w_t.
             stage_samplers: per training stage, a callable giving its training boxes
                 (see samplers.py).
+            later_stage_gt: one of LATER_STAGE_GT (see samplers.py).
             test_stage: 1-based output stage at test time, -1 for the last.
-            test_ensemble: one of TEST_ENSEMBLES.
+            test_ensemble: a name in TEST_ENSEMBLE_REGISTRY.
             stagewise_test: also return per-stage detections and proposals at test time.
-            mask_strategy: one of MASK_STRATEGIES (Fig. 6 b/c/d).
+            mask_strategy: one of masks.MASK_STRATEGIES (Fig. 6 b/c/d).
             iou_histogram_bins: bins of the training-box IoU histograms.
+            iou_stats_period: iterations between writes of the IoU statistics (0: never
+                periodically, only at the end).
             stage_head_indices: for each stage, the index of the box head it uses (default: its
                 own). Stages may share modules.
             stage_predictor_indices: the same for the predictors (default: stage_head_indices).
-            num_test_stages: stages run at test time (default: T, the training stages); may
-                exceed T when heads are shared, the extra stages using the last stage's head.
+            num_test_stages: stages run at test time (default: T); stages beyond T run the
+                last training stage's modules (StagePlan).
         """
         num_stages = len(proposal_matchers)
         # StandardROIHeads.__init__ directly: CascadeROIHeads.__init__ only adds the requirement
@@ -132,40 +144,48 @@ class BoxCascadeROIHeads(CascadeROIHeads):
             proposal_matcher=proposal_matchers[0],
             **kwargs,
         )
-        self.proposal_matchers = proposal_matchers
-        self.num_cascade_stages = num_stages
-        self.stage_head_indices = list(stage_head_indices or range(num_stages))
-        self.stage_predictor_indices = list(stage_predictor_indices or self.stage_head_indices)
-        self.num_test_stages = num_test_stages or num_stages
+        heads = list(stage_head_indices or range(num_stages))
+        predictors = list(stage_predictor_indices or heads)
         _check_lengths(
             num_stages,
             stage_loss_weights=stage_loss_weights,
             stage_samplers=stage_samplers,
-            stage_head_indices=self.stage_head_indices,
-            stage_predictor_indices=self.stage_predictor_indices,
+            stage_head_indices=heads,
+            stage_predictor_indices=predictors,
         )
-        if max(self.stage_head_indices) >= len(self.box_head) or max(
-            self.stage_predictor_indices
-        ) >= len(self.box_predictor):
+        if max(heads) >= len(self.box_head) or max(predictors) >= len(self.box_predictor):
             raise ValueError("stage_head_indices / stage_predictor_indices exceed the modules")
-        if test_ensemble not in TEST_ENSEMBLES:
-            raise ValueError(f"MODEL.BOX_CASCADE.TEST_ENSEMBLE must be one of {TEST_ENSEMBLES}")
-        if mask_strategy not in MASK_STRATEGIES:
-            raise ValueError(f"MODEL.BOX_CASCADE.MASK_STRATEGY must be one of {MASK_STRATEGIES}")
-        if not (test_stage == -1 or 1 <= test_stage <= self.num_test_stages):
+        self.plan = StagePlan(
+            head_indices=tuple(heads),
+            predictor_indices=tuple(predictors),
+            loss_weights=tuple(float(w) for w in stage_loss_weights),
+            num_test_stages=num_test_stages or num_stages,
+            test_stage=test_stage,
+        )
+        build_test_ensemble(test_ensemble)  # an unknown name fails here, naming the key
+        check_mask_strategy(mask_strategy)
+        if later_stage_gt not in LATER_STAGE_GT:
             raise ValueError(
-                f"MODEL.BOX_CASCADE.TEST_STAGE must be -1 or in 1..{self.num_test_stages}, "
-                f"got {test_stage}"
+                f"MODEL.BOX_CASCADE.LATER_STAGE_GT must be one of {LATER_STAGE_GT}, "
+                f"got {later_stage_gt!r}"
             )
-        self.stage_loss_weights = list(stage_loss_weights)
+        self.proposal_matchers = proposal_matchers
+        self.num_cascade_stages = num_stages
         self.scale_pooled_gradient = scale_pooled_gradient
-        self.head_lr_rescale = head_lr_rescale
         self.stage_samplers = list(stage_samplers)
-        self.test_stage = test_stage
+        self.later_stage_gt = later_stage_gt
         self.test_ensemble = test_ensemble
         self.stagewise_test = stagewise_test
         self.mask_strategy = mask_strategy
         self.iou_stats = TrainingIoUStats(num_stages, iou_histogram_bins, proposal_matchers)
+        self.iou_stats_period = iou_stats_period
+        self._check_memory_support()
+        self.head_rule = head_lr_rescale
+        params = dict(self.named_parameters())
+        self._gradient_scales = [
+            GradientScale([params[n] for n in names], factor)
+            for factor, names in group_by_value(self.head_gradient_multipliers())
+        ]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -184,6 +204,10 @@ class BoxCascadeROIHeads(CascadeROIHeads):
             ret["box_heads"] = ret["box_heads"][:1]
             ret["box_predictors"] = ret["box_predictors"][:1]
             ret["stage_head_indices"] = [0] * num_stages
+        if bc.NUM_TEST_STAGES < 0:
+            raise ValueError(
+                f"MODEL.BOX_CASCADE.NUM_TEST_STAGES must be >= 0, got {bc.NUM_TEST_STAGES}"
+            )
         ret["num_test_stages"] = bc.NUM_TEST_STAGES or num_stages
         ret.update(
             stage_loss_weights=stage_loss_weights(
@@ -192,11 +216,13 @@ class BoxCascadeROIHeads(CascadeROIHeads):
             scale_pooled_gradient=bc.LOSS_WEIGHTING == "detectron2",
             head_lr_rescale=bc.HEAD_LR_RESCALE and bc.LOSS_WEIGHTING != "detectron2",
             stage_samplers=[build_stage_sampler(name, cfg) for name in samplers],
+            later_stage_gt=bc.LATER_STAGE_GT,
             test_stage=bc.TEST_STAGE,
             test_ensemble=bc.TEST_ENSEMBLE,
             stagewise_test=bc.STAGEWISE_TEST,
             mask_strategy=bc.MASK_STRATEGY,
             iou_histogram_bins=bc.IOU_HISTOGRAM_BINS,
+            iou_stats_period=bc.IOU_STATS_PERIOD or cfg.SOLVER.CHECKPOINT_PERIOD,
         )
         return ret
 
@@ -233,14 +259,30 @@ class BoxCascadeROIHeads(CascadeROIHeads):
     def _init_mask_head(cls, cfg, input_shape):
         ret = super()._init_mask_head(cfg, input_shape)
         if cfg.MODEL.MASK_ON and cfg.MODEL.BOX_CASCADE.MASK_STRATEGY == "every":
-            num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
             resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
             channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
             shape = ShapeSpec(channels=channels, width=resolution, height=resolution)
-            ret["mask_head"] = nn.ModuleList(
-                [ret["mask_head"]] + [build_mask_head(cfg, shape) for _ in range(num_stages - 1)]
-            )
+            num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
+            ret["mask_head"] = PerStageMaskHeads.build(cfg, ret["mask_head"], shape, num_stages)
         return ret
+
+    def _check_memory_support(self) -> None:
+        if not self.reads_memory or self.num_cascade_stages == 1:
+            return
+        name = type(self).__name__
+        reorder = [k + 1 for k, s in enumerate(self.stage_samplers) if k and not s.keeps_order]
+        if reorder:
+            raise ValueError(
+                f"MODEL.BOX_CASCADE.STAGE_SAMPLERS: stages {reorder} re-sample their boxes, but "
+                f"{name} carries per-box memory from stage to stage: use 'refined' after the "
+                "first stage"
+            )
+        if self.later_stage_gt != "keep":
+            raise ValueError(
+                f"MODEL.BOX_CASCADE.LATER_STAGE_GT {self.later_stage_gt!r} replaces the "
+                f"regressed ground-truth boxes between stages, but {name} carries per-box memory "
+                "from stage to stage: use 'keep'"
+            )
 
     # ------------------------------------------------------------------ forward
 
@@ -249,8 +291,10 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         if self.training:
             if targets is None:
                 raise ValueError("BoxCascadeROIHeads needs targets in training")
-            losses, stage_proposals = self._forward_box_train(features, proposals, targets)
-            losses.update(self._forward_mask_train(features, stage_proposals))
+            losses, records = self._forward_box_train(features, proposals, targets)
+            stage_proposals = [r.proposals for r in records]
+            if self.mask_on:
+                losses.update(mask_train_losses(self, features, stage_proposals))
             losses.update(self._forward_keypoint(features, stage_proposals[0]))
             return stage_proposals[0], losses
         pred_instances, extras = self._forward_box_test(features, proposals)
@@ -258,123 +302,125 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         return pred_instances, extras
 
     def _forward_box_train(self, features, proposals, targets):
-        """Returns the weighted losses of all stages and each stage's training boxes."""
+        """Returns the weighted losses of all stages and each stage's record."""
         features = [features[f] for f in self.box_in_features]
-        image_sizes = [p.image_size for p in proposals]
         self.iou_stats.record_proposals(proposals, targets)
-        memory: Dict[str, torch.Tensor] = {}
-        losses, stage_proposals = {}, []
-        boxes = scores = None
+        losses, records, memory = {}, [], {}
         for k in range(self.num_cascade_stages):
             if k > 0:
-                proposals, keep = self._next_stage_proposals(boxes, image_sizes, scores)
-                memory = self._filter_memory(memory, keep, k)
-            proposals, stage_losses, boxes, scores = self._train_stage(
-                features, k, proposals, targets, memory
-            )
+                proposals, memory = self.next_stage_inputs(records[-1], targets)
+            samples = self.stage_samples(k, proposals, targets)
+            self.iou_stats.record_stage(k, samples["main"])
+            record = self.run_stage(k, features, samples.pop("main"), memory)
+            record.branches = self.run_branches(record, features, samples)
+            with get_event_storage().name_scope(f"stage{k}"):
+                stage_losses = self.stage_losses(record)
             losses.update({f"{name}_stage{k}": v for name, v in stage_losses.items()})
-            stage_proposals.append(proposals)
-        return losses, stage_proposals
-
-    def _train_stage(self, features, stage, proposals, targets, memory):
-        """One training stage: sample its boxes, run it, its weighted losses, its refined boxes.
-        Returns (training boxes, losses, refined boxes per image, their foreground scores).
-        Override to run several modules in a stage, each on its own samples (PRM)."""
-        proposals = self.stage_samplers[stage](self, stage, proposals, targets)
-        self.iou_stats.record_stage(stage, proposals)
-        predictions = self._run_stage(features, proposals, stage, memory)
-        with get_event_storage().name_scope(f"stage{stage}"):
-            losses = self._stage_losses(stage, predictions, proposals)
-        boxes, scores = self._refine_boxes(stage, predictions, proposals)
-        return proposals, losses, boxes, scores
+            record.boxes, record.fg_scores = self.refine_boxes(record)
+            records.append(record)
+        return losses, records
 
     def _forward_box_test(self, features, proposals):
         """Returns the final detections and, when ``stagewise_test``, an extras dict with
         "stage_instances" (name -> per-image Instances) and "stage_proposals"."""
         features = [features[f] for f in self.box_in_features]
-        image_sizes = [p.image_size for p in proposals]
-        num_run = self.num_test_stages if self.test_stage == -1 else self.test_stage
-        memory: Dict[str, torch.Tensor] = {}
-        outputs = []  # per stage: (stage, box_features, predictions, proposals)
+        records = self.run_test_stages(features, proposals)
+        scores = build_test_ensemble(self.test_ensemble)(self, records)
+        instances = self.detect(features, records[-1], scores)
+        if not self.stagewise_test:
+            return instances, {}
+        per_stage = {f"stage{r.stage + 1}": self.detect(features, r) for r in records}
+        per_stage["ensemble"] = instances
         stage_proposals = {"rpn": proposals}
-        boxes = scores = None
-        for k in range(num_run):
-            if k > 0:
-                proposals, _ = self._next_stage_proposals(boxes, image_sizes, scores)
-            box_features = self._pool(features, proposals)
-            predictions = self._predict(k, box_features, memory)
-            outputs.append((k, box_features, predictions, proposals))
-            boxes, scores = self._refine_boxes(k, predictions, proposals)
-            if self.stagewise_test:
-                stage_proposals[f"stage{k + 1}"] = self._as_proposals(boxes, scores, image_sizes)
+        stage_proposals.update({f"stage{r.stage + 1}": _as_proposals(r) for r in records})
+        return instances, {"stage_instances": per_stage, "stage_proposals": stage_proposals}
 
-        last, _, last_predictions, last_proposals = outputs[-1]
-        predictor = self._predictor(last)
-        out_boxes = predictor.predict_boxes(last_predictions, last_proposals)
-        scores = self._ensemble_scores(outputs)
-        instances = self._inference(predictor, out_boxes, scores, image_sizes)
-        extras = {}
-        if self.stagewise_test:
-            per_stage = {}
-            for k, _, predictions, props in outputs:
-                p = self._predictor(k)
-                per_stage[f"stage{k + 1}"] = self._inference(
-                    p, p.predict_boxes(predictions, props), p.predict_probs(predictions, props),
-                    image_sizes,
-                )  # fmt: skip
-            per_stage["ensemble"] = instances
-            extras = {"stage_instances": per_stage, "stage_proposals": stage_proposals}
-        return self._rescore(features, instances), extras
+    def run_test_stages(self, features, proposals, num_stages: int = None) -> List[StageRecord]:
+        """The test-time chain on ``proposals`` (pooled features from ``box_in_features``):
+        stages 1..num_stages (default: up to the output stage), each refining the last."""
+        records, memory = [], {}
+        for k in range(num_stages or self.plan.num_run_at_test):
+            if k > 0:
+                proposals, memory = self.next_stage_inputs(records[-1])
+            record = self.run_stage(k, features, proposals, memory)
+            record.boxes, record.fg_scores = self.refine_boxes(record)
+            records.append(record)
+        return records
 
     # ------------------------------------------------------------------ one stage
 
     def _predictor(self, stage: int) -> nn.Module:
-        """The predictor of a stage; test stages beyond the trained ones use the last's."""
-        indices = self.stage_predictor_indices
-        return self.box_predictor[indices[min(stage, len(indices) - 1)]]
+        return self.box_predictor[self.plan.predictor_index(stage)]
 
     def _head(self, stage: int) -> nn.Module:
-        indices = self.stage_head_indices
-        return self.box_head[indices[min(stage, len(indices) - 1)]]
+        return self.box_head[self.plan.head_index(stage)]
 
     def _pool(self, features: List[torch.Tensor], proposals: List[Instances]) -> torch.Tensor:
         """ROI features (R, C, P, P) at the proposals' boxes."""
         return self.box_pooler(features, [p.proposal_boxes for p in proposals])
 
-    def _stage_features(self, stage: int, box_features: torch.Tensor, memory: Dict) -> torch.Tensor:
-        """The stage's head on pooled features (R, C, P, P) -> (R, D). Override to read or write
-        ``memory``: a dict of (R, ...) tensors aligned with this stage's boxes, carried to the
-        next stage (training drops the rows of boxes that become empty)."""
-        return self._head(stage)(box_features)
+    def stage_samples(self, stage: int, proposals, targets) -> Dict[str, List[Instances]]:
+        """The named training sample sets of a stage. "main" (the stage sampler's boxes) trains
+        the stage's head and is what the next stage refines; a subclass may add sets for other
+        branches of the stage (``run_branches``), which never reach the next stage."""
+        return {"main": self.stage_samplers[stage](self, stage, proposals, targets)}
 
-    def _predict(self, stage: int, box_features: torch.Tensor, memory: Dict):
-        """Head and predictor of a stage on pooled features: (logits (R, K+1), deltas)."""
-        if self.scale_pooled_gradient:
+    def run_stage(self, stage: int, features, proposals, memory) -> StageRecord:
+        """Pool at ``proposals``, run the stage's head and predictor."""
+        box_features = self._pool(features, proposals)
+        predictions, memory_out = self.predict(stage, box_features, memory)
+        return StageRecord(stage, proposals, box_features, predictions, memory_out)
+
+    def run_branches(self, record: StageRecord, features, samples) -> Dict[str, StageRecord]:
+        """Other modules of the stage, each on its own sample set from ``stage_samples``; their
+        records go to ``record.branches`` (and their losses come from ``stage_losses``)."""
+        if samples:
+            raise NotImplementedError(
+                f"{type(self).__name__}.stage_samples gave sample sets {sorted(samples)} besides "
+                "'main', but run_branches does not run them"
+            )
+        return {}
+
+    def predict(self, stage: int, box_features: torch.Tensor, memory: Dict):
+        """The stage's modules on pooled features: (predictions, memory for the next stage)."""
+        if self.scale_pooled_gradient and self.training:
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
-        return self._predictor(stage)(self._stage_features(stage, box_features, memory))
+        x, memory_out = self.stage_features(stage, box_features, memory)
+        return as_predictions(self._predictor(stage)(x)), memory_out
 
-    def _run_stage(self, features, proposals, stage, memory=None):
-        """Pool at the proposals and predict: the training path of one stage."""
-        return self._predict(
-            stage, self._pool(features, proposals), {} if memory is None else memory
-        )
+    def stage_features(self, stage: int, box_features: torch.Tensor, memory: Dict):
+        """The stage's head on pooled features (R, C, P, P) -> ((R, D), memory out). ``memory``
+        is what the previous stage's head wrote for the same boxes (rows aligned with
+        ``box_features``); what this returns as memory goes to the next stage (training drops
+        the rows of boxes that become empty). Subclasses that read it set ``reads_memory``."""
+        return self._head(stage)(box_features), {}
 
-    def _stage_losses(self, stage: int, predictions, proposals) -> Dict[str, torch.Tensor]:
-        """The predictor's losses for the stage, times w_t."""
-        weight = self.stage_loss_weights[stage]
-        losses = self._predictor(stage).losses(predictions, proposals)
+    def stage_losses(self, record: StageRecord) -> Dict[str, torch.Tensor]:
+        """The stage's predictor losses on its samples, times w_t. Subclasses with branches add
+        the branches' losses."""
+        losses = self._predictor(record.stage).losses(d2_pair(record.predictions), record.proposals)
+        weight = self.plan.loss_weights[record.stage]
         return {k: v * weight for k, v in losses.items()} if weight != 1.0 else losses
 
-    def _refine_boxes(self, stage: int, predictions, proposals) -> Tuple[List[torch.Tensor], List]:
+    def stage_probs(
+        self, record: StageRecord, predictions: Predictions = None, stage: int = None
+    ) -> List[torch.Tensor]:
+        """Per image (Ri, K+1) class probabilities at ``record``'s boxes: of ``predictions``
+        (default: the record's) by the predictor of ``stage`` (default: the record's)."""
+        predictor = self._predictor(record.stage if stage is None else stage)
+        return predictor.predict_probs(d2_pair(predictions or record.predictions), record.proposals)
+
+    def refine_boxes(self, record: StageRecord) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """The stage's regressed boxes, one per input box (R_i, 4) per image, and each box's
         foreground probability. With class-specific regression the box of the ground-truth class
         is taken for positives in training, else that of the most probable foreground class."""
-        predictor = self._predictor(stage)
-        boxes = predictor.predict_boxes(predictions, proposals)
-        probs = predictor.predict_probs(predictions, proposals)
+        predictor = self._predictor(record.stage)
+        pair, proposals = d2_pair(record.predictions), record.proposals
+        boxes = predictor.predict_boxes(pair, proposals)
+        probs = predictor.predict_probs(pair, proposals)
         fg_scores = [1.0 - p[:, -1] for p in probs]
         if predictor.bbox_pred.out_features == 4:  # class-agnostic
-            return boxes, fg_scores
+            return list(boxes), fg_scores
         out = []
         for b, p, props in zip(boxes, probs, proposals):
             cls = p[:, :-1].argmax(dim=1)
@@ -384,106 +430,59 @@ class BoxCascadeROIHeads(CascadeROIHeads):
             out.append(b.view(len(b), -1, 4)[torch.arange(len(b), device=b.device), cls])
         return out, fg_scores
 
-    def _next_stage_proposals(self, boxes, image_sizes, scores):
-        """The next stage's proposals from refined boxes: detached and clipped; in training,
-        empty boxes are dropped (as Detectron2 does). Returns (proposals, per-image keep masks
-        or None)."""
+    def next_stage_inputs(self, record: StageRecord, targets=None):
+        """The next stage's proposals from ``record``'s regressed boxes (detached and clipped;
+        in training, empty boxes dropped as Detectron2 does, and ground truth handled by
+        ``later_stage_gt``) and the memory rows that go with them."""
         proposals, keeps = [], []
-        for b, size, s in zip(boxes, image_sizes, scores):
+        for b, s, props in zip(record.boxes, record.fg_scores, record.proposals):
             b = Boxes(b.detach())
-            b.clip(size)
-            s = s.detach()
-            keep = None
+            b.clip(props.image_size)
+            p = Instances(props.image_size, proposal_boxes=b, objectness_logits=s.detach())
             if self.training:
+                if props.has("from_gt"):
+                    p.from_gt = props.from_gt
                 keep = b.nonempty()
-                b, s = b[keep], s[keep]
-            p = Instances(size)
-            p.proposal_boxes = b
-            p.objectness_logits = s
+                p = p[keep]
+                keeps.append(keep)
             proposals.append(p)
-            keeps.append(keep)
-        return proposals, (keeps if self.training else None)
-
-    def _filter_memory(self, memory: Dict, keeps, stage: int) -> Dict:
-        if not memory or keeps is None:
-            return memory
-        if not self.stage_samplers[stage].keeps_order:
-            raise ValueError(
-                f"Stage {stage + 1} re-samples its boxes, so per-box stage memory cannot follow "
-                "them: use the 'refined' sampler for stages after the first"
-            )
-        keep = cat(keeps)
-        return {name: value[keep] for name, value in memory.items()}
+        memory = record.memory
+        if self.training:
+            if memory:
+                keep = cat(keeps)
+                memory = {name: value[keep] for name, value in memory.items()}
+            if self.later_stage_gt == "readd":
+                proposals = append_ground_truth(drop_ground_truth(proposals), targets)
+        return proposals, memory
 
     # ------------------------------------------------------------------ inference
 
-    def _ensemble_scores(self, outputs) -> List[torch.Tensor]:
-        """Per-image class probabilities (Ri, K+1) of the output stage's boxes under the test
-        ensemble policy. ``outputs``: per stage (stage, box_features, predictions, proposals)."""
-        last, last_features, last_predictions, last_proposals = outputs[-1]
-        if self.test_ensemble == "none" or len(outputs) == 1:
-            return self._predictor(last).predict_probs(last_predictions, last_proposals)
-        if self.test_ensemble == "mean_probs":
-            per_stage = [self._predictor(k).predict_probs(p, props) for k, _, p, props in outputs]
-            return [sum(s) * (1.0 / len(outputs)) for s in zip(*per_stage)]
-        if self.test_ensemble == "mean_logits":
-            logits = sum(p[0] for _, _, p, _ in outputs) / len(outputs)
-            return self._predictor(last).predict_probs((logits, None), last_proposals)
-        # all_on_final: every stage's classifier on the output stage's input boxes
-        per_stage = []
-        for k, _, _, _ in outputs:
-            predictions = last_predictions if k == last else self._predict(k, last_features, {})
-            per_stage.append(self._predictor(k).predict_probs(predictions, last_proposals))
-        return [sum(s) * (1.0 / len(outputs)) for s in zip(*per_stage)]
-
-    @staticmethod
-    def _inference(predictor, boxes, scores, image_sizes) -> List[Instances]:
+    def detect(self, features, record: StageRecord, probs=None) -> List[Instances]:
+        """Detections from a stage's regression of its boxes and class probabilities ``probs``
+        (default: the stage's own), rescored (``rescore``), then per-class NMS."""
+        predictor = self._predictor(record.stage)
+        boxes = predictor.predict_boxes(d2_pair(record.predictions), record.proposals)
+        probs = self.stage_probs(record) if probs is None else probs
+        probs = self.rescore(features, record, boxes, probs)
         instances, _ = fast_rcnn_inference(
             boxes,
-            scores,
-            image_sizes,
+            probs,
+            [p.image_size for p in record.proposals],
             predictor.test_score_thresh,
             predictor.test_nms_thresh,
             predictor.test_topk_per_image,
         )
         return instances
 
-    @staticmethod
-    def _as_proposals(boxes, scores, image_sizes) -> List[Instances]:
-        out = []
-        for b, s, size in zip(boxes, scores, image_sizes):
-            p = Instances(size)
-            p.proposal_boxes = Boxes(b.detach().clone())
-            p.proposal_boxes.clip(size)
-            p.objectness_logits = s
-            out.append(p)
-        return out
-
-    def _rescore(self, features: List[torch.Tensor], instances: List[Instances]):
-        """Test-time rescoring of the final detections (identity here)."""
-        return instances
+    def rescore(self, features, record: StageRecord, boxes, probs) -> List[torch.Tensor]:
+        """Scores that NMS ranks, per image (Ri, K+1), from the class probabilities ``probs`` and
+        the output stage's ``record`` (its extra predictor outputs) and regressed ``boxes``
+        (per image, (Ri, 4) or (Ri, 4K)); ``features`` allow re-pooling. Identity here."""
+        return probs
 
     # ------------------------------------------------------------------ masks
 
-    def _mask_stage_indices(self) -> List[int]:
-        last = self.num_cascade_stages - 1
-        return {"first": [0], "last": [last], "every": list(range(last + 1))}[self.mask_strategy]
-
-    def _forward_mask_train(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
-        """Mask losses: on the first stage's, the last stage's, or every stage's positives."""
-        if not self.mask_on:
-            return {}
-        if self.mask_strategy != "every":
-            return self._forward_mask(features, stage_proposals[self._mask_stage_indices()[0]])
-        losses = {}
-        for k in self._mask_stage_indices():
-            fg, _ = select_foreground_proposals(stage_proposals[k], self.num_classes)
-            pooled = self._mask_inputs(features, [p.proposal_boxes for p in fg])
-            loss = self.mask_head[k](pooled, fg)["loss_mask"]
-            losses[f"loss_mask_stage{k}"] = loss * self.stage_loss_weights[k]
-        return losses
-
-    def _mask_inputs(self, features, boxes):
+    def mask_inputs(self, features, boxes):
         if self.mask_pooler is None:
             return {f: features[f] for f in self.mask_in_features}
         return self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
@@ -491,13 +490,8 @@ class BoxCascadeROIHeads(CascadeROIHeads):
     def _forward_mask(self, features, instances):
         if self.training or not self.mask_on or self.mask_strategy != "every":
             return super()._forward_mask(features, instances)
-        # Test, one mask head per stage: average their mask probabilities on the final boxes.
-        pooled = self._mask_inputs(features, [x.pred_boxes for x in instances])
-        probs = sum(torch.sigmoid(head.layers(pooled)) for head in self.mask_head) / len(
-            self.mask_head
-        )
-        mask_rcnn_inference(torch.logit(probs, eps=1e-6), instances)
-        return instances
+        pooled = self.mask_inputs(features, [x.pred_boxes for x in instances])
+        return self.mask_head.inference(pooled, instances)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A single-stage model of Detectron2's StandardROIHeads names its head "box_head.fc1...";
@@ -511,42 +505,58 @@ class BoxCascadeROIHeads(CascadeROIHeads):
                         state_dict[old + "0." + key[len(old) :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    # ------------------------------------------------------------------ training hooks
+    # ------------------------------------------------------------------ trainer contract
 
-    def training_hooks(self, cfg) -> list:
-        """Hooks the trainer adds (ZooTrainer asks every module): the IoU statistics writer."""
-        period = cfg.MODEL.BOX_CASCADE.IOU_STATS_PERIOD or cfg.SOLVER.CHECKPOINT_PERIOD
-        return [TrainingIoUStatsHook(self.iou_stats, cfg.OUTPUT_DIR, period)]
-
-    # ------------------------------------------------------------------ parameter groups
+    def training_hooks(self) -> list:
+        """The IoU statistics writer (cascade_zoo.engine.contract)."""
+        return [TrainingIoUStatsHook(self.iou_stats, self.iou_stats_period)]
 
     def rcnn_parameter_names(self) -> List[str]:
-        """Names (relative to this module) of the R-CNN module's parameters: every stage's box
-        head and predictor."""
-        return [
-            n for n, _ in self.named_parameters() if n.startswith(("box_head.", "box_predictor."))
-        ]
+        """The R-CNN module's parameters (cascade_zoo.engine.contract): every stage's box head
+        and predictor, and every module under ``rcnn_module_prefixes``."""
+        prefixes = tuple(self.rcnn_module_prefixes)
+        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
 
-    def lr_multipliers(self) -> Dict[str, float]:
-        """Learning-rate multiplier per parameter name (relative to this module): 1/w_t for
-        stage t's head with the paper's rule (``head_lr_rescale``)."""
-        if not self.head_lr_rescale:
+    def head_gradient_multipliers(self) -> Dict[str, float]:
+        """The paper's head rule (Sec. 6.3) as gradient factors per parameter name: stage t's
+        box head, predictor and (mask strategy "every") mask head get 1/w_t, so that they learn
+        as from an unweighted loss while the backbone sees the weighted one. Applied to the
+        gradient, before weight decay, momentum and clipping. A module shared by stages with
+        different weights has no single 1/w_t: that is refused (turn the rule off; the module
+        then gets the sum of the weighted gradients)."""
+        if not self.head_rule:
             return {}
-        out = {}
-        for k, weight in enumerate(self.stage_loss_weights):
-            head, predictor = self.stage_head_indices[k], self.stage_predictor_indices[k]
-            prefixes = [f"box_head.{head}.", f"box_predictor.{predictor}."]
+        modules: Dict[str, Tuple[float, int]] = {}
+        for t, w in enumerate(self.plan.loss_weights):
+            owned = [f"box_head.{self.plan.head_indices[t]}.",
+                     f"box_predictor.{self.plan.predictor_indices[t]}."]  # fmt: skip
             if self.mask_on and self.mask_strategy == "every":
-                prefixes.append(f"mask_head.{k}.")
-            for name, _ in self.named_parameters():
-                if name.startswith(tuple(prefixes)):
-                    if name in out and out[name] != 1.0 / weight:
-                        raise ValueError(
-                            f"{name} is shared by stages with different loss weights: give "
-                            "shared heads one learning rate (HEAD_LR_RESCALE False)"
-                        )
-                    out[name] = 1.0 / weight
+                owned.append(f"mask_head.{t}.")
+            for prefix in owned:
+                factor, first = modules.setdefault(prefix, (1.0 / w, t))
+                if factor != 1.0 / w:
+                    raise ValueError(
+                        f"MODEL.BOX_CASCADE.HEAD_LR_RESCALE: {prefix[:-1]} is shared by stages "
+                        f"{first + 1} and {t + 1}, whose loss weights differ "
+                        f"({self.plan.loss_weights[first]} vs {w}), so no single 1/w_t applies: "
+                        "set HEAD_LR_RESCALE False (the shared module then learns from the sum of "
+                        "the weighted losses) or give the stages equal weights"
+                    )
+        out = {}
+        for name, _ in self.named_parameters():
+            factor = next((f for p, (f, _) in modules.items() if name.startswith(p)), 1.0)
+            out[name] = factor
         return out
+
+
+def _as_proposals(record: StageRecord) -> List[Instances]:
+    """A stage's regressed boxes as proposals (clipped), scored by their foreground probability."""
+    out = []
+    for b, s, props in zip(record.boxes, record.fg_scores, record.proposals):
+        boxes = Boxes(b.detach().clone())
+        boxes.clip(props.image_size)
+        out.append(Instances(props.image_size, proposal_boxes=boxes, objectness_logits=s))
+    return out
 
 
 def _check_lengths(num_stages: int, **lists) -> None:

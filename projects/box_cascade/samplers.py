@@ -10,15 +10,24 @@ A stage sampler is a class registered in ``STAGE_SAMPLER_REGISTRY``, built as ``
 - ``targets``: per image, the ground truth ``Instances``.
 
 It returns, per image, the boxes the stage trains on, with ``gt_classes`` (background =
-num_classes) and every ``gt_*`` field of the targets (``gt_boxes``, ``gt_masks``, ...) of the
-matched ground truth. A paper adds its own (e.g. IoU-uniform jitter around the ground truth) by
-registering a class; ``MODEL.BOX_CASCADE.STAGE_SAMPLERS`` picks one per stage.
+num_classes), every ``gt_*`` field of the targets (``gt_boxes``, ``gt_masks``, ...) of the
+matched ground truth, and ``from_gt`` (bool: the box is a ground-truth box added to the
+proposals, or a later stage's regression of one). A paper adds its own (e.g. IoU-uniform jitter
+around the ground truth) by registering a class; ``MODEL.BOX_CASCADE.STAGE_SAMPLERS`` picks one
+per stage. Samplers may also serve a branch of a stage (a head trained on its own samples), see
+``BoxCascadeROIHeads.stage_samples``.
+
+Ground truth at later stages (``MODEL.BOX_CASCADE.LATER_STAGE_GT``) is applied by the heads
+before a later stage's sampler runs: "readd" (the authors' code, mmdetection) drops the
+regressed copies of ground-truth boxes and adds the exact ground truth; "keep" (Detectron2) keeps
+the regressed copies and adds nothing.
 """
 
 import contextlib
 from typing import List
 
 import torch
+from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.registry import Registry
 
@@ -41,15 +50,51 @@ class StageSampler:
 
 
 @contextlib.contextmanager
-def _matcher_of_stage(heads, stage: int):
-    """Let Detectron2's label_and_sample_proposals (which uses ``heads.proposal_matcher``) match
-    with the given stage's IoU threshold."""
-    saved = heads.proposal_matcher
+def _detectron2_sampling(heads, stage: int, batch_size_per_image=None, positive_fraction=None):
+    """Let Detectron2's label_and_sample_proposals (which uses ``heads.proposal_matcher``,
+    ``batch_size_per_image`` and ``positive_fraction``) match with the given stage's IoU
+    threshold and sample with the given settings (None: the heads' own), without appending
+    ground truth (done by :func:`append_ground_truth`, which marks the boxes it adds)."""
+    names = ("proposal_matcher", "proposal_append_gt", "batch_size_per_image", "positive_fraction")
+    saved = [getattr(heads, n) for n in names]
     heads.proposal_matcher = heads.proposal_matchers[stage]
+    heads.proposal_append_gt = False
+    if batch_size_per_image is not None:
+        heads.batch_size_per_image = batch_size_per_image
+    if positive_fraction is not None:
+        heads.positive_fraction = positive_fraction
     try:
         yield
     finally:
-        heads.proposal_matcher = saved
+        for name, value in zip(names, saved):
+            setattr(heads, name, value)
+
+
+def append_ground_truth(proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+    """Detectron2's ``add_ground_truth_to_proposals`` (same order, same objectness logit), with
+    ``from_gt`` True on the added boxes and kept on the others."""
+    proposals = _with_objectness(proposals)
+    flags = [p.from_gt if p.has("from_gt") else None for p in proposals]
+    bare = [_fields(p, ("proposal_boxes", "objectness_logits")) for p in proposals]
+    out = add_ground_truth_to_proposals([t.gt_boxes for t in targets], bare)
+    for p, q, flag in zip(out, proposals, flags):
+        added = torch.ones(len(p) - len(q), dtype=torch.bool, device=p.objectness_logits.device)
+        if flag is None:
+            flag = torch.zeros(len(q), dtype=torch.bool, device=added.device)
+        p.from_gt = torch.cat([flag, added])
+    return out
+
+
+def drop_ground_truth(proposals: List[Instances]) -> List[Instances]:
+    """The boxes that do not come from ground truth (``from_gt`` False)."""
+    return [p[~p.from_gt] if p.has("from_gt") else p for p in proposals]
+
+
+def _fields(instances: Instances, names) -> Instances:
+    out = Instances(instances.image_size)
+    for name in names:
+        out.set(name, instances.get(name))
+    return out
 
 
 @STAGE_SAMPLER_REGISTRY.register()
@@ -57,11 +102,23 @@ class SampleProposals(StageSampler):
     """Fast R-CNN sampling, as Detectron2's ``label_and_sample_proposals``: ground-truth boxes
     added to the proposals (ROI_HEADS.PROPOSAL_APPEND_GT), matched at the stage's IoU, then
     ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes sampled with at most ROI_HEADS.POSITIVE_FRACTION
-    positives. The first stage of the paper and of Detectron2. Registered as "sample"."""
+    positives. The first stage of the paper and of Detectron2. Registered as "sample".
+
+    ``batch_size_per_image`` / ``positive_fraction`` override the heads' settings, for branches
+    of a stage that sample with their own (e.g. parallel modules with different ratios)."""
+
+    def __init__(self, cfg=None, *, batch_size_per_image=None, positive_fraction=None):
+        self.settings = dict(
+            batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction
+        )
 
     def __call__(self, heads, stage, proposals, targets):
         proposals = _with_objectness(proposals)
-        with _matcher_of_stage(heads, stage):
+        if heads.proposal_append_gt:
+            proposals = append_ground_truth(proposals, targets)
+        else:
+            proposals = [_flagged(p) for p in proposals]
+        with _detectron2_sampling(heads, stage, **self.settings):
             return heads.label_and_sample_proposals(proposals, targets)
 
 
@@ -75,16 +132,23 @@ class RefinedBoxes(StageSampler):
 
     def __call__(self, heads, stage, proposals, targets):
         return [
-            label_boxes(p, t, heads.proposal_matchers[stage], heads.num_classes)
+            label_boxes(_flagged(p), t, heads.proposal_matchers[stage], heads.num_classes)
             for p, t in zip(proposals, targets)
         ]
 
 
 @STAGE_SAMPLER_REGISTRY.register()
 class ResampleRefinedBoxes(SampleProposals):
-    """The previous stage's refined boxes plus the ground truth, re-sampled like the first stage
-    (batch size and positive fraction) at this stage's IoU threshold, as mmdetection's cascade
-    does. Registered as "resample"."""
+    """The previous stage's refined boxes, re-sampled like the first stage (batch size and
+    positive fraction) at this stage's IoU threshold. Ground truth is whatever
+    LATER_STAGE_GT made of them: with "readd" (the default) the regressed copies of ground-truth
+    boxes are gone and the exact ground truth is in, which is mmdetection's cascade. Registered
+    as "resample"."""
+
+    def __call__(self, heads, stage, proposals, targets):
+        proposals = [_flagged(p) for p in _with_objectness(proposals)]
+        with _detectron2_sampling(heads, stage, **self.settings):
+            return heads.label_and_sample_proposals(proposals, targets)
 
 
 # Names used in configs.
@@ -126,6 +190,12 @@ def label_boxes(proposals: Instances, targets: Instances, matcher, num_classes: 
         proposals.gt_classes = torch.full((len(proposals),), num_classes, device=device)
         proposals.gt_boxes = Boxes(torch.zeros((len(proposals), 4), device=device))
     return proposals
+
+
+def _flagged(p: Instances) -> Instances:
+    if not p.has("from_gt"):
+        p.from_gt = torch.zeros(len(p), dtype=torch.bool, device=p.proposal_boxes.device)
+    return p
 
 
 def _with_objectness(proposals: List[Instances]) -> List[Instances]:

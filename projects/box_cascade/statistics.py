@@ -97,12 +97,17 @@ class TrainingIoUStatsHook(HookBase):
     when a checkpoint saves them (as hook state), so ``--resume`` continues them.
     """
 
-    def __init__(self, stats: TrainingIoUStats, output_dir: str, period: int):
+    def __init__(self, stats: TrainingIoUStats, period: int, output_dir: str = None):
         self.stats = stats
-        self.path = os.path.join(output_dir, "training_iou_stats.json")
+        self.output_dir = output_dir  # default: the trainer's cfg.OUTPUT_DIR
         self.period = period
         self.total_counts = torch.zeros_like(stats.counts)
         self.total_positives = torch.zeros_like(stats.positives)
+
+    @property
+    def path(self) -> str:
+        output_dir = self.output_dir or self.trainer.cfg.OUTPUT_DIR
+        return os.path.join(output_dir, "training_iou_stats.json")
 
     def after_step(self):
         if self.period and (self.trainer.iter + 1) % self.period == 0:

@@ -2,16 +2,18 @@
 extra evaluators that project packages add to every evaluation run by the trainer."""
 
 import logging
-from typing import Callable, Dict, List
+from typing import Dict
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-#: Functions ``(cfg, dataset_name, output_folder) -> DatasetEvaluator or None``; ZooTrainer adds
-#: what they return to its evaluators (e.g. the box-cascade core's stage-wise evaluation).
-EXTRA_EVALUATORS: List[Callable] = []
+EXTRA_EVALUATOR_REGISTRY = Registry("EXTRA_EVALUATOR")
+EXTRA_EVALUATOR_REGISTRY.__doc__ = """Functions ``(cfg, dataset_name, output_folder) ->
+DatasetEvaluator or None``, registered by project packages; ZooTrainer adds what each returns to
+its evaluators (e.g. the box-cascade core's stage-wise evaluation)."""
 
 
 def ap_per_iou(coco_eval) -> Dict[str, float]:

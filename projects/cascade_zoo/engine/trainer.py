@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.datasets import check_dataset_files
 from ..data.mapper import CheckedDatasetMapper
-from ..evaluation import EXTRA_EVALUATORS, PerIoUCOCOEvaluator
+from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator
 from ..utils.env import compiled_ops_available
 from .optim import build_optimizer_with_lr_multipliers
 
@@ -125,7 +125,7 @@ class ZooTrainer(DefaultTrainer):
                 dataset_name, output_dir=output_folder, use_fast_impl=compiled_ops_available()
             )
         ]
-        for build in EXTRA_EVALUATORS:
+        for _, build in EXTRA_EVALUATOR_REGISTRY:
             extra = build(cfg, dataset_name, output_folder)
             if extra is not None:
                 evaluators.append(extra)
@@ -138,15 +138,13 @@ class ZooTrainer(DefaultTrainer):
         return build_optimizer_with_lr_multipliers(cfg, model)
 
     def build_hooks(self):
-        """Detectron2's hooks, plus those model modules give through ``training_hooks(cfg)``,
-        placed before the checkpointer so that their state is current when it saves."""
+        """Detectron2's hooks, plus those model modules give through ``training_hooks()`` (see
+        cascade_zoo.engine.contract), placed before the checkpointer so that their state is
+        current when it saves."""
         hooks = super().build_hooks()
         model = self.model.module if hasattr(self.model, "module") else self.model
         extra = [
-            h
-            for m in model.modules()
-            if hasattr(m, "training_hooks")
-            for h in m.training_hooks(self.cfg)
+            h for m in model.modules() if hasattr(m, "training_hooks") for h in m.training_hooks()
         ]
         index = next(
             (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks) - 1

@@ -23,6 +23,7 @@ AS_CORE_D2 = [
     "MODEL.ROI_HEADS.NAME", "BoxCascadeROIHeads",
     "MODEL.BOX_CASCADE.LOSS_WEIGHTING", "detectron2",
     "MODEL.BOX_CASCADE.TEST_ENSEMBLE", "mean_probs",
+    "MODEL.BOX_CASCADE.LATER_STAGE_GT", "keep",
 ]  # fmt: skip
 
 
@@ -74,3 +75,28 @@ def assert_same_instances(a, b, atol=1e-5):
     assert torch.equal(a.pred_classes, b.pred_classes)
     assert torch.allclose(a.scores, b.scores, atol=atol)
     assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=atol)
+
+
+def roi_train_pass(model, batch):
+    """The ROI heads' training pass of ``model`` on ``batch``: (losses, stage records, targets,
+    RPN proposals, backbone features)."""
+    model.train()
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
+    with EventStorage(0):
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        losses, records = model.roi_heads._forward_box_train(features, proposals, targets)
+    return losses, records, targets, proposals, features
+
+
+def roi_test_pass(model, inputs):
+    """The ROI heads' test chain of ``model`` on ``inputs`` (no ensemble, no NMS): the stage
+    records."""
+    model.eval()
+    heads = model.roi_heads
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        return heads.run_test_stages([features[f] for f in heads.box_in_features], proposals)

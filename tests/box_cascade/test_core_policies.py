@@ -15,15 +15,15 @@ from core_helpers import (
     eval_inputs,
     losses_of,
     model_of,
+    roi_train_pass,
     spread_predictor_weights,
     train_batch,
 )
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
-from detectron2.utils.events import EventStorage
 
-from box_cascade import stage_loss_weights
+from box_cascade import StageRecord, stage_loss_weights
 from cascade_zoo.engine.optim import build_optimizer_with_lr_multipliers
 
 WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -64,44 +64,75 @@ def test_weighting_scales_each_stage_loss_by_w_t(scheme):
     assert torch.allclose(b["loss_rpn_cls"], a["loss_rpn_cls"])
 
 
-def _one_sgd_step(cfg, model, batch):
+def _sgd_steps(cfg, model, batch, steps=1):
     optimizer = build_optimizer_with_lr_multipliers(cfg, model)
     before = copy.deepcopy(model.state_dict())
-    losses, _ = losses_of(model, batch)
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    optimizer.step()
+    for _ in range(steps):
+        losses, _ = losses_of(model, batch)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
     return {n: p.detach() - before[n] for n, p in model.named_parameters()}
 
 
-def test_head_learning_rate_is_rescaled_by_one_over_w_t():
-    plain_opts = ["SOLVER.MOMENTUM", 0.0, "SOLVER.WEIGHT_DECAY", 0.0,
-                  "SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.BIAS_LR_FACTOR", 1.0]  # fmt: skip
-    cfg, decay = _model(*plain_opts)
-    groups = build_optimizer_with_lr_multipliers(cfg, decay).param_groups
-    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
-    named = dict(decay.named_parameters())
-    base = cfg.SOLVER.BASE_LR
-    assert lr_of[id(named["roi_heads.box_head.0.fc1.weight"])] == pytest.approx(base)
-    assert lr_of[id(named["roi_heads.box_predictor.1.cls_score.weight"])] == pytest.approx(2 * base)
-    assert lr_of[id(named["roi_heads.box_head.2.fc2.bias"])] == pytest.approx(4 * base)
-    assert lr_of[id(named["backbone.bottom_up.stem.conv1.weight"])] == pytest.approx(base)
+UNWEIGHTED = ["MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
+              "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 1.0, 1.0]",
+              "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False]  # fmt: skip
+SGD_MOMENTUM_DECAY = ["SOLVER.MOMENTUM", 0.9, "SOLVER.WEIGHT_DECAY", 0.05,
+                      "SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.BASE_LR", 0.01]  # fmt: skip
 
-    # The paper's point: with loss weight w_t and LR / w_t, a head's update is that of an
-    # unweighted loss at the base LR, while the backbone sees the weighted gradients.
-    _, unweighted = _model("MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
-                           "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 1.0, 1.0]",
-                           "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False, *plain_opts)  # fmt: skip
+
+def test_head_rule_scales_the_head_gradients_by_one_over_w_t():
+    cfg, decay = _model(*SGD_MOMENTUM_DECAY)
+    factors = decay.roi_heads.head_gradient_multipliers()
+    assert factors["box_head.0.fc1.weight"] == 1.0
+    assert factors["box_predictor.1.cls_score.weight"] == 2.0
+    assert factors["box_head.2.fc2.bias"] == 4.0
+    # learning rates are not touched: every group at the base LR (biases: Detectron2's factor)
+    groups = build_optimizer_with_lr_multipliers(cfg, decay).param_groups
+    assert {g["lr"] for g in groups} == {cfg.SOLVER.BASE_LR}
+    assert all(g["weight_decay"] in (cfg.SOLVER.WEIGHT_DECAY, 0.0) for g in groups)
+
+    # The paper's point: a head learns as from its unweighted loss, while the backbone sees the
+    # weighted ones. With the rule on the gradient, weight decay and momentum act on the heads
+    # as they do without loss weights.
+    _, unweighted = _model(*UNWEIGHTED, *SGD_MOMENTUM_DECAY)
     unweighted.load_state_dict(decay.state_dict())
     batch = train_batch(cfg)
-    step_decay = _one_sgd_step(cfg, decay, batch)
-    step_plain = _one_sgd_step(cfg, unweighted, batch)
+    step_decay = _sgd_steps(cfg, decay, batch)
+    step_plain = _sgd_steps(cfg, unweighted, batch)
     for name in ("roi_heads.box_predictor.2.bbox_pred.weight", "roi_heads.box_head.1.fc1.weight"):
         assert step_decay[name].abs().sum() > 0
         assert torch.allclose(step_decay[name], step_plain[name], atol=1e-7), name
     assert not torch.allclose(
         step_decay["backbone.fpn_output2.weight"], step_plain["backbone.fpn_output2.weight"]
     )
+
+
+def test_head_rule_leaves_weight_decay_and_momentum_as_without_loss_weights():
+    """Three SGD steps with momentum and a large weight decay on a frozen backbone (so that the
+    heads see the same features): the heads of the decay-weighted cascade with the rule move
+    exactly as those of an unweighted one; an LR multiplier 1/w_t would also have multiplied
+    their weight decay by 1/w_t."""
+
+    def frozen(model):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("roi_heads."))
+        return model
+
+    cfg, decay = _model(*SGD_MOMENTUM_DECAY)
+    _, unweighted = _model(*UNWEIGHTED, *SGD_MOMENTUM_DECAY)
+    unweighted.load_state_dict(decay.state_dict())
+    batch = train_batch(cfg)
+    a = _sgd_steps(cfg, frozen(decay), batch, steps=3)
+    b = _sgd_steps(cfg, frozen(unweighted), batch, steps=3)
+    for name in a:
+        if name.startswith("roi_heads.box_head.2") or name.startswith("roi_heads.box_predictor.2"):
+            assert torch.allclose(a[name], b[name], atol=1e-6), name
+    # the same steps as an LR multiplier: stage 3's decay step would be 4x larger
+    name = "roi_heads.box_head.2.fc1.weight"
+    decay_step = -cfg.SOLVER.BASE_LR * cfg.SOLVER.WEIGHT_DECAY * decay.state_dict()[name]
+    assert decay_step.abs().sum() > 0.01 * a[name].abs().sum()
 
 
 def _literal_cascade(model, inputs, policy, num_stages):
@@ -206,43 +237,122 @@ def test_stage_t_output_equals_a_t_stage_cascade_with_the_same_weights():
 
 def _stage_proposals(model, cfg, batch):
     """Each stage's training boxes, from the core's training path."""
-    model.train()
-    images = model.preprocess_image(batch)
-    targets = [x["instances"] for x in batch]
-    with EventStorage(0):
-        features = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, features, targets)
-        _, stage_props = model.roi_heads._forward_box_train(features, proposals, targets)
-    return stage_props, targets, proposals
+    _, records, targets, proposals, _ = roi_train_pass(model, batch)
+    return [r.proposals for r in records], targets, proposals
 
 
-def test_refined_sampler_trains_on_all_refined_boxes_labelled_at_the_stage_iou():
-    cfg, model = _model()
-    stage_props, targets, _ = _stage_proposals(model, cfg, train_batch(cfg))
-    first = sum(len(p) for p in stage_props[0])
+def _literal_next_boxes(prev, weights, targets, readd: bool):
+    """Stage t's input boxes written out from stage t-1's training boxes: each regressed by its
+    class-agnostic deltas with stage t-1's weights, clipped to the image, empty ones dropped;
+    with "readd", the boxes that come from ground truth dropped and the exact ground truth
+    appended. Returns per image (boxes, from-ground-truth flags)."""
+    deltas = prev.predictions["proposal_deltas"].detach().split(prev.num_boxes)
+    out = []
+    for d, props, gt in zip(deltas, prev.proposals, targets):
+        b = Box2BoxTransform(weights).apply_deltas(d, props.proposal_boxes.tensor)
+        h, w = props.image_size
+        b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h),
+                         b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], dim=1)  # fmt: skip
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        b, flags = b[keep], props.from_gt[keep]
+        if readd:
+            b = torch.cat([b[~flags], gt.gt_boxes.tensor])
+            flags = torch.arange(len(b)) >= len(b) - len(gt)
+        out.append((b, flags))
+    return out
+
+
+def _literal_labels(boxes, gt, u):
+    best, idx = pairwise_iou(gt.gt_boxes, Boxes(boxes)).max(dim=0)
+    return torch.where(best >= u, gt.gt_classes[idx], torch.full_like(idx, 6)), idx
+
+
+@pytest.mark.parametrize("mode", ["readd", "keep"])
+def test_refined_sampler_trains_on_the_literal_refined_boxes_labelled_at_the_stage_iou(mode):
+    cfg, model = _model("MODEL.BOX_CASCADE.LATER_STAGE_GT", mode)
+    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg))
+    for props, gt in zip(records[0].proposals, targets):
+        # stage 1's ground-truth flags mark exactly the boxes that are ground-truth boxes
+        exact = (props.proposal_boxes.tensor[:, None] == gt.gt_boxes.tensor[None]).all(-1).any(1)
+        assert torch.equal(props.from_gt, exact)
     for k, u in ((1, 0.6), (2, 0.7)):
-        assert sum(len(p) for p in stage_props[k]) <= first
-        for props, gt in zip(stage_props[k], targets):
-            iou = pairwise_iou(gt.gt_boxes, props.proposal_boxes)
-            best, idx = iou.max(dim=0)
-            want = torch.where(best >= u, gt.gt_classes[idx], torch.full_like(idx, 6))
-            assert torch.equal(props.gt_classes, want)
-            fg = best >= u
+        want = _literal_next_boxes(records[k - 1], WEIGHTS[k - 1], targets, mode == "readd")
+        for props, gt, (boxes, flags) in zip(records[k].proposals, targets, want):
+            assert torch.allclose(props.proposal_boxes.tensor, boxes, atol=1e-4)
+            assert torch.equal(props.from_gt, flags)
+            labels, idx = _literal_labels(boxes, gt, u)
+            assert torch.equal(props.gt_classes, labels)
+            fg = labels < 6
             assert torch.equal(props.gt_boxes.tensor[fg], gt.gt_boxes.tensor[idx[fg]])
+            if mode == "readd":  # every ground-truth box, exactly, at the end
+                assert torch.equal(props.proposal_boxes.tensor[flags], gt.gt_boxes.tensor)
 
 
-def test_resample_sampler_uses_batch_size_positive_fraction_and_ground_truth():
-    cfg, model = _model("MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "resample"]',
-                        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32)  # fmt: skip
-    stage_props, targets, _ = _stage_proposals(model, cfg, train_batch(cfg))
+def test_one_training_step_of_the_paper_mode_written_out():
+    """Losses of the paper's cascade, written out from stage 1's sampled boxes: each later
+    stage on the clipped, non-empty regressions of the last (ground truth re-added), labelled at
+    u_t; softmax cross-entropy and smooth L1 (beta 1, Eq. 2) on the stage's normalised deltas,
+    times w_t = 1, 1/2, 1/4."""
+    cfg, model = _model()
+    losses, records, targets, _, features = roi_train_pass(model, train_batch(cfg))
+    heads = model.roi_heads
+    feats = [features[f] for f in heads.box_in_features]
+    boxes = [p.proposal_boxes.tensor for p in records[0].proposals]
+    labels = [p.gt_classes for p in records[0].proposals]
+    matched = [p.gt_boxes.tensor for p in records[0].proposals]
+    for t, (u, w) in enumerate(zip((0.5, 0.6, 0.7), (1.0, 0.5, 0.25))):
+        if t > 0:
+            prev = records[t - 1]
+            nxt = _literal_next_boxes(prev, WEIGHTS[t - 1], targets, readd=True)
+            boxes = [b for b, _ in nxt]
+            lab = [_literal_labels(b, gt, u) for b, gt in zip(boxes, targets)]
+            labels = [lb for lb, _ in lab]
+            matched = [gt.gt_boxes.tensor[idx] for (_, idx), gt in zip(lab, targets)]
+        x = heads.box_head[t](heads.box_pooler(feats, [Boxes(b) for b in boxes]))
+        logits, deltas = heads.box_predictor[t](x)
+        gt_classes, all_boxes, gt_boxes = torch.cat(labels), torch.cat(boxes), torch.cat(matched)
+        loss_cls = F.cross_entropy(logits, gt_classes)
+        fg = gt_classes < 6
+        target = Box2BoxTransform(WEIGHTS[t]).get_deltas(all_boxes[fg], gt_boxes[fg])
+        loss_box = F.smooth_l1_loss(deltas[fg], target, beta=1.0, reduction="sum") / len(gt_classes)
+        assert torch.allclose(losses[f"loss_cls_stage{t}"], w * loss_cls, atol=1e-5), t
+        assert torch.allclose(losses[f"loss_box_reg_stage{t}"], w * loss_box, atol=1e-5), t
+        assert loss_box > 0
+
+
+def _flat_rows(boxes):
+    return sorted(map(tuple, boxes.tolist()))
+
+
+def test_resample_drops_regressed_ground_truth_adds_it_back_and_samples():
+    """mmdetection's re-sampling: the previous stage's regressions minus those of ground-truth
+    boxes, plus the exact ground truth, sampled like stage 1. With a batch larger than the
+    candidates and positive fraction 1 every candidate is kept: the sets must be equal."""
+    resample = ["MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "resample"]']
+    cfg, model = _model(*resample, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 100000,
+                        "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)  # fmt: skip
+    batch = train_batch(cfg)
+    _, records, targets, _, _ = roi_train_pass(model, batch)
     for k in (1, 2):
-        for props, gt in zip(stage_props[k], targets):
-            assert len(props) <= 32
-            assert (props.gt_classes < 6).sum() <= 0.25 * 32
-            # ground-truth boxes were added before sampling: positives include exact matches
-            iou = pairwise_iou(gt.gt_boxes, props.proposal_boxes).max(dim=0).values
-            fg = props.gt_classes < 6
-            assert (iou[fg] >= [0.5, 0.6, 0.7][k]).all()
+        want = _literal_next_boxes(records[k - 1], WEIGHTS[k - 1], targets, readd=True)
+        for props, (boxes, _) in zip(records[k].proposals, want):
+            got = props.proposal_boxes.tensor
+            assert len(got) == len(boxes)
+            assert torch.allclose(torch.tensor(_flat_rows(got)), torch.tensor(_flat_rows(boxes)))
+
+    cfg, model = _model(*resample, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32)
+    _, records, targets, _, _ = roi_train_pass(model, batch)
+    for k in (1, 2):
+        want = _literal_next_boxes(records[k - 1], WEIGHTS[k - 1], targets, readd=True)
+        for props, gt, (boxes, _) in zip(records[k].proposals, targets, want):
+            assert len(props) <= 32 and (props.gt_classes < 6).sum() <= 0.25 * 32
+            candidates = set(_flat_rows(boxes))
+            assert set(_flat_rows(props.proposal_boxes.tensor)) <= candidates
+            # boxes from ground truth are exact ground-truth boxes, never regressed copies
+            exact = set(_flat_rows(gt.gt_boxes.tensor))
+            assert set(_flat_rows(props.proposal_boxes.tensor[props.from_gt])) <= exact
+            labels, _ = _literal_labels(props.proposal_boxes.tensor, gt, (0.5, 0.6, 0.7)[k])
+            assert torch.equal(props.gt_classes, labels)
 
 
 def test_class_specific_refinement_takes_the_ground_truth_or_predicted_class_box():
@@ -256,12 +366,13 @@ def test_class_specific_refinement_takes_the_ground_truth_or_predicted_class_box
     deltas = torch.randn(3, 24) * 0.1
     transform = Box2BoxTransform(WEIGHTS[0])
     all_boxes = transform.apply_deltas(deltas, props.proposal_boxes.tensor).view(3, 6, 4)
+    record = StageRecord(0, [props], None, {"scores": logits, "proposal_deltas": deltas})
     heads.train()
-    boxes, fg = heads._refine_boxes(0, (logits, deltas), [props])
+    boxes, fg = heads.refine_boxes(record)
     # positives: their ground-truth class; the negative: its most probable foreground class
     assert torch.allclose(boxes[0], all_boxes[torch.arange(3), torch.tensor([2, 3, 4])])
     heads.eval()
-    boxes, _ = heads._refine_boxes(0, (logits, deltas), [props])
+    boxes, _ = heads.refine_boxes(record)
     assert torch.allclose(boxes[0], all_boxes[torch.arange(3), torch.tensor([5, 3, 0])])
     assert torch.allclose(fg[0], 1 - F.softmax(logits, dim=1)[:, -1])
 
@@ -310,8 +421,8 @@ def test_mask_head_per_stage_trains_each_and_averages_at_test():
     losses, _ = losses_of(model, train_batch(cfg))
     assert {"loss_mask_stage0", "loss_mask_stage1", "loss_mask_stage2"} <= set(losses)
     assert len(seen) == 3
-    # learning rates of the mask heads follow their stages' weights
-    mult = heads.lr_multipliers()
+    # the head rule covers the mask heads, with their stages' weights
+    mult = heads.head_gradient_multipliers()
     assert (
         mult["mask_head.2.predictor.weight"] == 4.0 and mult["mask_head.0.predictor.weight"] == 1.0
     )

@@ -125,4 +125,5 @@ def test_equivalent_yaml_differs_from_detectron2s_only_in_the_head_keys():
         "MODEL.ROI_HEADS.NAME",
         "MODEL.BOX_CASCADE.LOSS_WEIGHTING",
         "MODEL.BOX_CASCADE.TEST_ENSEMBLE",
+        "MODEL.BOX_CASCADE.LATER_STAGE_GT",
     }

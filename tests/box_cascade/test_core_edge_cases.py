@@ -80,18 +80,24 @@ def test_boxes_collapsing_to_zero_area_after_refinement():
     assert torch.isfinite(out.scores).all() and torch.isfinite(out.pred_boxes.tensor).all()
 
 
-def test_stage_whose_threshold_leaves_no_positives():
-    cfg = cfg_of(CORE, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5, 0.6, 0.999)")
+@pytest.mark.parametrize("mode", ["keep", "readd"])
+def test_stage_whose_threshold_leaves_no_positives(mode):
+    cfg = cfg_of(CORE, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5, 0.6, 0.999)",
+                 "MODEL.BOX_CASCADE.LATER_STAGE_GT", mode)  # fmt: skip
     model = model_of(cfg)
     with torch.no_grad():  # stage 2 moves every box, so that none stays at IoU >= 0.999
         model.roi_heads.box_predictor[1].bbox_pred.bias.copy_(torch.tensor([0.5, 0.5, 0.3, 0.3]))
     model.train()
+    batch = train_batch(cfg)
     with EventStorage(0):
-        losses = model(train_batch(cfg))
+        losses = model(batch)
     _finite(losses)
-    stats = model.roi_heads.iou_stats
-    assert stats.positives[3, 2] == 0, "stage 3 should have no positives"
-    assert losses["loss_box_reg_stage2"] == 0
+    positives = model.roi_heads.iou_stats.positives[3, 2]
+    if mode == "keep":
+        assert positives == 0, "stage 3 should have no positives"
+        assert losses["loss_box_reg_stage2"] == 0
+    else:  # the re-added ground-truth boxes are stage 3's only positives
+        assert positives == sum(len(x["instances"]) for x in batch)
 
 
 BAD_CONFIGS = [
@@ -105,7 +111,11 @@ BAD_CONFIGS = [
       "[1.0, 0.5]"], "STAGE_LOSS_WEIGHTS must hold one positive weight per stage"),
     (["MODEL.BOX_CASCADE.LOSS_WEIGHTING", "half"], "LOSS_WEIGHTING must be one of"),
     (["MODEL.BOX_CASCADE.TEST_STAGE", "4"], "TEST_STAGE must be -1 or in 1..3"),
-    (["MODEL.BOX_CASCADE.TEST_ENSEMBLE", "vote"], "TEST_ENSEMBLE must be one of"),
+    (["MODEL.BOX_CASCADE.TEST_ENSEMBLE", "vote"], "TEST_ENSEMBLE: unknown ensemble 'vote'"),
+    (["MODEL.BOX_CASCADE.LATER_STAGE_GT", "drop"], "LATER_STAGE_GT must be one of"),
+    (["MODEL.BOX_CASCADE.NUM_TEST_STAGES", "-1"], "NUM_TEST_STAGES must be >= 0"),
+    (["MODEL.BOX_CASCADE.SHARED_HEAD", "True", "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
+      str(((10.0, 10.0, 5.0, 5.0),) * 3)], "box_head.0 is shared by stages 1 and 2"),
     (["MODEL.BOX_CASCADE.MASK_STRATEGY", "middle"], "MASK_STRATEGY must be one of"),
     (["MODEL.BOX_CASCADE.SHARED_HEAD", "True"], "SHARED_HEAD needs one"),
     (["MODEL.ROI_HEADS.IOU_THRESHOLDS", "[0.6]"], "IOU_THRESHOLDS\\[0\\] must equal"),
@@ -134,12 +144,9 @@ def test_shared_head_and_more_test_stages_than_trained():
                  "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(((10.0, 10.0, 5.0, 5.0),) * 3),
                  "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False)  # fmt: skip
     model = model_of(cfg)
-    assert len(model.roi_heads.box_head) == 1 and model.roi_heads.stage_head_indices == [0, 0, 0]
+    assert len(model.roi_heads.box_head) == 1 and model.roi_heads.plan.head_indices == (0, 0, 0)
     model.train()
     with EventStorage(0):
         losses = model(train_batch(cfg))
     assert {"loss_cls_stage0", "loss_cls_stage2"} <= set(losses)
     _finite(losses)
-    with pytest.raises(ValueError, match="shared by stages with different loss weights"):
-        model.roi_heads.head_lr_rescale = True
-        model.roi_heads.lr_multipliers()
