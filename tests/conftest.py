@@ -32,6 +32,17 @@ def run_train_net(*args, cwd=None, check=True, timeout=900, prefix=()):
     return proc
 
 
+def run_tool(name, *args, check=True, timeout=600):
+    """Run tools/<name> in a new process; returns the CompletedProcess (stdout+stderr merged)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / name), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def trained_cascade(tmp_path_factory):
     """An instant-test Cascade R-CNN trained by train_net.py for 4 iterations (checkpoints at

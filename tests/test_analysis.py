@@ -4,13 +4,11 @@ bad input gives a message and a non-zero exit code."""
 import contextlib
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_tool
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
@@ -33,14 +31,7 @@ CORE_INSTANT = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yam
 FASTER_INSTANT = ROOT / "configs" / "Baselines" / "faster_rcnn_instant_test.yaml"
 
 
-def tool(name, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(TOOLS / name), *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return proc
+tool = run_tool
 
 
 def _md_rows(path):
