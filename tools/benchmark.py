@@ -19,6 +19,8 @@ import subprocess
 import sys
 from datetime import date
 
+from cascade_zoo.utils.markdown import format_number, markdown_table
+
 DEFAULT_CONFIGS = [
     "configs/Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
     "configs/Baselines/cascade_rcnn_R_18_FPN_shapes.yaml",
@@ -73,38 +75,34 @@ def _breakdown(rows):
     for r in rows:
         groups += [g for g in r["params_by_group"] if g not in groups]
     names = [r["config"].replace("configs/", "").replace(".yaml", "") for r in rows]
-    head = "| module | " + " | ".join(f"{n} params (M) | {n} GFLOPs" for n in names) + " |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    header = ["module"] + [f"{n} {what}" for n in names for what in ("params (M)", "GFLOPs")]
+    body = []
     for g in groups:
         cells = []
         for r in rows:
             p = r["params_by_group"].get(g)
-            f = r.get("gflops_by_group", {}).get(g)
-            cells += ["-" if p is None else f"{p / 1e6:.3f}", "-" if f is None else f"{f:.3f}"]
-        lines.append(f"| {g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells += [None if p is None else p / 1e6, r.get("gflops_by_group", {}).get(g)]
+        body.append([g] + cells)
+    return markdown_table(header, body, cell=lambda v: format_number(v, 3))
 
 
 def _table(rows, baseline):
     base = next((r for r in rows if r["config"] == baseline), None)
-    head = "| config | params (M) | GFLOPs | train s/iter | inference ms/image | peak memory (MB) |"
+    header = ["config", "params (M)", "GFLOPs", "train s/iter", "inference ms/image",
+              "peak memory (MB)"]  # fmt: skip
     if base:
-        head += " train ratio | inference ratio | memory ratio |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+        header += ["train ratio", "inference ratio", "memory ratio"]
+    body = []
     for r in rows:
-        line = (
-            f"| `{r['config']}` | {r['params'] / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
-            f"{r['train_s_per_iter']:.3f} | "
-            f"{r['infer_ms_per_image']:.1f} | {r['peak_memory_mb']:.0f} ({r['peak_memory_kind']}) |"
-        )
+        row = [f"`{r['config']}`", f"{r['params'] / 1e6:.2f}",
+               f"{r.get('gflops', float('nan')):.2f}", f"{r['train_s_per_iter']:.3f}",
+               f"{r['infer_ms_per_image']:.1f}",
+               f"{r['peak_memory_mb']:.0f} ({r['peak_memory_kind']})"]  # fmt: skip
         if base:
-            line += (
-                f" {r['train_s_per_iter'] / base['train_s_per_iter']:.3f} |"
-                f" {r['infer_ms_per_image'] / base['infer_ms_per_image']:.3f} |"
-                f" {r['peak_memory_mb'] / base['peak_memory_mb']:.3f} |"
-            )
-        lines.append(line)
-    return "\n".join(lines)
+            ratios = ("train_s_per_iter", "infer_ms_per_image", "peak_memory_mb")
+            row += [f"{r[k] / base[k]:.3f}" for k in ratios]
+        body.append(row)
+    return markdown_table(header, body)
 
 
 def main(argv=None):

@@ -20,16 +20,15 @@ from cascade_zoo.analysis import (
     load_iou_stats,
     plot_iou_histograms,
 )
+from cascade_zoo.utils.markdown import markdown_table
 
 
 def table(stats):
     thresholds = [f"{u:g}" for u in stats["thresholds"]]
-    lines = ["| boxes | count | " + " | ".join(f"IoU >= {u}" for u in thresholds) + " |",
-             "|---" * (len(thresholds) + 2) + "|"]  # fmt: skip
-    for name, row in stats["rows"].items():
-        shares = " | ".join(f"{row['positive_share'][u]:.1%}" for u in thresholds)
-        lines.append(f"| {name} | {row['total']} | {shares} |")
-    return "\n".join(lines) + "\n"
+    header = ["boxes", "count"] + [f"IoU >= {u}" for u in thresholds]
+    body = [[name, row["total"]] + [f"{row['positive_share'][u]:.1%}" for u in thresholds]
+            for name, row in stats["rows"].items()]  # fmt: skip
+    return markdown_table(header, body) + "\n"
 
 
 def main(argv=None):

@@ -5,16 +5,15 @@ to 0.95 and APs/APm/APl for each stage's own detections and the ensemble's, and 
 import copy
 import json
 import logging
-import math
 import os
 from collections import OrderedDict
 from typing import Dict, List
 
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from tabulate import tabulate
 
 from cascade_zoo.evaluation import PerIoUCOCOEvaluator
+from cascade_zoo.utils.markdown import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +108,8 @@ def format_stagewise_tables(results: Dict[str, Dict[str, float]]) -> str:
 
 
 def _table(rows, columns: List[str], first: str) -> str:
-    def fmt(v):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-    body = [[name] + [fmt(metrics.get(c)) for c in columns] for name, metrics in rows]
-    return tabulate(
-        body, headers=[first] + columns, tablefmt="pipe", stralign="right", disable_numparse=True
+    return markdown_table(
+        [first] + columns, [[name] + [metrics.get(c) for c in columns] for name, metrics in rows]
     )
 
 

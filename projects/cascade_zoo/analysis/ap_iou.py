@@ -4,11 +4,11 @@
 import csv
 import io
 import json
-import math
 import os
 from collections import OrderedDict
 from typing import Dict, List, Sequence, Tuple
 
+from ..utils.markdown import markdown_table
 from ._plot import pyplot, save_figure
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
@@ -107,11 +107,7 @@ def curves_table(curves: "OrderedDict[str, List[float]]", fmt: str = "markdown")
         for name, values in curves.items():
             writer.writerow([name] + [f"{v:.3f}" for v in values])
         return buf.getvalue()
-    lines = ["| curve | " + " | ".join(AP_KEYS) + " |", "|---" * (len(AP_KEYS) + 1) + "|"]
-    for name, values in curves.items():
-        cells = ["-" if math.isnan(v) else f"{v:.2f}" for v in values]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(["curve"] + AP_KEYS, [[n] + list(v) for n, v in curves.items()]) + "\n"
 
 
 def plot_ap_curves(

@@ -6,6 +6,8 @@ from typing import Dict
 
 import numpy as np
 
+from ..utils.markdown import markdown_table
+
 # COCO's area ranges (pixels^2) for APs / APm / APl.
 COCO_AREA_RANGES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, float("inf"))}
 
@@ -70,15 +72,15 @@ def statistics_markdown(name: str, stats: Dict) -> str:
         f"Objects per image: min {opi['min']}, median {opi['median']:g}, "
         f"mean {opi['mean']:.1f}, max {opi['max']}.",
         "",
-        "| objects in image | " + " | ".join(opi["histogram"]) + " |",
-        "|---" * (len(opi["histogram"]) + 1) + "|",
-        "| images | " + " | ".join(str(v) for v in opi["histogram"].values()) + " |",
+        markdown_table(
+            ["objects in image"] + list(opi["histogram"]),
+            [["images"] + list(opi["histogram"].values())],
+        ),
         "",
-        "| object size sqrt(area), px | " + " | ".join(stats["size_sqrt_area_percentiles"]) + " |",
-        "|---" * (len(stats["size_sqrt_area_percentiles"]) + 1) + "|",
-        "| | "
-        + " | ".join(f"{v:.1f}" for v in stats["size_sqrt_area_percentiles"].values())
-        + " |",
+        markdown_table(
+            ["object size sqrt(area), px"] + list(stats["size_sqrt_area_percentiles"]),
+            [[""] + [f"{v:.1f}" for v in stats["size_sqrt_area_percentiles"].values()]],
+        ),
         "",
         "Share of objects by COCO area range: "
         + ", ".join(f"{k} {v:.1%}" for k, v in stats["size_share"].items())
