@@ -5,12 +5,13 @@ stage samplers and the stage-wise evaluator."""
 
 from cascade_zoo.evaluation import EXTRA_EVALUATOR_REGISTRY
 
+from .build import stage_loss_weights
 from .config import add_box_cascade_config
 from .ensembles import TEST_ENSEMBLE_REGISTRY, merge_branch_predictions, register_test_ensemble
 from .evaluation import StageWiseCOCOEvaluator, build_stagewise_evaluator, format_stagewise_tables
 from .integral_loss import IntegralLossROIHeads
 from .meta_arch import BoxCascadeRCNN
-from .roi_heads import BoxCascadeROIHeads, stage_loss_weights
+from .roi_heads import BoxCascadeROIHeads
 from .samplers import STAGE_SAMPLER_REGISTRY, StageSampler, build_stage_sampler
 from .stages import StagePlan, StageRecord
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook

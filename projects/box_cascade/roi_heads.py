@@ -22,60 +22,37 @@ modules at test), ``rescore`` (scores from extra outputs, before NMS), the stage
 modules, test loops), ``rcnn_parameter_names`` (gradient schedules such as RGA's).
 """
 
-import logging
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import cat
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from cascade_zoo.engine.gradients import GradientScale, group_by_value
 
+from .build import BoxCascadeBuild, check_lengths, check_memory_support
 from .ensembles import build_test_ensemble
-from .masks import PerStageMaskHeads, check_mask_strategy, mask_train_losses
-from .samplers import append_ground_truth, build_stage_sampler, drop_ground_truth
+from .head_rule import head_gradient_multipliers
+from .masks import check_mask_strategy, mask_train_losses
+from .samplers import append_ground_truth, drop_ground_truth
 from .stages import Predictions, StagePlan, StageRecord, as_predictions, d2_pair
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook
 
-logger = logging.getLogger(__name__)
-
-LOSS_WEIGHTINGS = ("decay", "avg", "explicit", "detectron2")
 LATER_STAGE_GT = ("readd", "keep")
 
-
-def stage_loss_weights(scheme: str, num_stages: int, explicit=()) -> List[float]:
-    """w_t of the paper's stage-loss schemes (Sec. 6.3): "decay" 1/2^(t-1), "avg" 1/T,
-    "explicit" the given list, "detectron2" 1 (Detectron2 scales the pooled-feature gradient by
-    1/T instead)."""
-    if scheme == "decay":
-        return [1.0 / 2**t for t in range(num_stages)]
-    if scheme == "avg":
-        return [1.0 / num_stages] * num_stages
-    if scheme == "detectron2":
-        return [1.0] * num_stages
-    if scheme == "explicit":
-        if len(explicit) != num_stages or min(explicit, default=0) <= 0:
-            raise ValueError(
-                "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS must hold one positive weight per stage "
-                f"({num_stages} stages from MODEL.ROI_BOX_CASCADE_HEAD.IOUS), got {list(explicit)}"
-            )
-        return [float(w) for w in explicit]
-    raise ValueError(
-        f"MODEL.BOX_CASCADE.LOSS_WEIGHTING must be one of {LOSS_WEIGHTINGS}: {scheme!r}"
-    )
+__all__ = ["BoxCascadeROIHeads", "LATER_STAGE_GT"]
 
 
 @ROI_HEADS_REGISTRY.register()
-class BoxCascadeROIHeads(CascadeROIHeads):
+class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
     """Cascade R-CNN and Cascade Mask R-CNN of the TPAMI paper, complete (see module doc)."""
 
     #: Subclasses whose ``stage_features`` read the previous stage's per-box memory set this:
@@ -146,7 +123,7 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         )
         heads = list(stage_head_indices or range(num_stages))
         predictors = list(stage_predictor_indices or heads)
-        _check_lengths(
+        check_lengths(
             num_stages,
             stage_loss_weights=stage_loss_weights,
             stage_samplers=stage_samplers,
@@ -179,110 +156,13 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         self.mask_strategy = mask_strategy
         self.iou_stats = TrainingIoUStats(num_stages, iou_histogram_bins, proposal_matchers)
         self.iou_stats_period = iou_stats_period
-        self._check_memory_support()
+        check_memory_support(self)
         self.head_rule = head_lr_rescale
         params = dict(self.named_parameters())
         self._gradient_scales = [
             GradientScale([params[n] for n in names], factor)
             for factor, names in group_by_value(self.head_gradient_multipliers())
         ]
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        bc = cfg.MODEL.BOX_CASCADE
-        num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-        samplers = list(bc.STAGE_SAMPLERS) or ["sample"] + ["refined"] * (num_stages - 1)
-        _check_lengths(num_stages, **{"MODEL.BOX_CASCADE.STAGE_SAMPLERS": samplers})
-        if bc.SHARED_HEAD:
-            weights = {tuple(w) for w in cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS}
-            if len(weights) != 1:
-                raise ValueError(
-                    "MODEL.BOX_CASCADE.SHARED_HEAD needs one MODEL.ROI_BOX_CASCADE_HEAD."
-                    f"BBOX_REG_WEIGHTS for all stages, got {sorted(weights)}"
-                )
-            ret["box_heads"] = ret["box_heads"][:1]
-            ret["box_predictors"] = ret["box_predictors"][:1]
-            ret["stage_head_indices"] = [0] * num_stages
-        if bc.NUM_TEST_STAGES < 0:
-            raise ValueError(
-                f"MODEL.BOX_CASCADE.NUM_TEST_STAGES must be >= 0, got {bc.NUM_TEST_STAGES}"
-            )
-        ret["num_test_stages"] = bc.NUM_TEST_STAGES or num_stages
-        ret.update(
-            stage_loss_weights=stage_loss_weights(
-                bc.LOSS_WEIGHTING, num_stages, bc.STAGE_LOSS_WEIGHTS
-            ),
-            scale_pooled_gradient=bc.LOSS_WEIGHTING == "detectron2",
-            head_lr_rescale=bc.HEAD_LR_RESCALE and bc.LOSS_WEIGHTING != "detectron2",
-            stage_samplers=[build_stage_sampler(name, cfg) for name in samplers],
-            later_stage_gt=bc.LATER_STAGE_GT,
-            test_stage=bc.TEST_STAGE,
-            test_ensemble=bc.TEST_ENSEMBLE,
-            stagewise_test=bc.STAGEWISE_TEST,
-            mask_strategy=bc.MASK_STRATEGY,
-            iou_histogram_bins=bc.IOU_HISTOGRAM_BINS,
-            iou_stats_period=bc.IOU_STATS_PERIOD or cfg.SOLVER.CHECKPOINT_PERIOD,
-        )
-        return ret
-
-    @classmethod
-    def num_stages_at_test(cls, cfg) -> int:
-        """How many stages run at test time under ``cfg`` (the stage-wise outputs' count)."""
-        bc = cfg.MODEL.BOX_CASCADE
-        run = bc.NUM_TEST_STAGES or len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-        return run if bc.TEST_STAGE == -1 else bc.TEST_STAGE
-
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        """CascadeROIHeads' stages, with clear errors and class-specific regression allowed."""
-        ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
-        weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
-        _check_lengths(len(ious), **{"MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": weights})
-        if cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0] != ious[0]:
-            raise ValueError(
-                "MODEL.ROI_HEADS.IOU_THRESHOLDS[0] must equal MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] "
-                f"(the first stage's threshold): {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS} vs {ious}"
-            )
-        ret = super()._init_box_head(_agnostic_view(cfg), input_shape)
-        if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
-            # CascadeROIHeads only builds class-agnostic predictors.
-            ret["box_predictors"] = [
-                FastRCNNOutputLayers(
-                    cfg, head.output_shape, box2box_transform=Box2BoxTransform(weights=w)
-                )
-                for head, w in zip(ret["box_heads"], weights)
-            ]
-        return ret
-
-    @classmethod
-    def _init_mask_head(cls, cfg, input_shape):
-        ret = super()._init_mask_head(cfg, input_shape)
-        if cfg.MODEL.MASK_ON and cfg.MODEL.BOX_CASCADE.MASK_STRATEGY == "every":
-            resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-            channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
-            shape = ShapeSpec(channels=channels, width=resolution, height=resolution)
-            num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-            ret["mask_head"] = PerStageMaskHeads.build(cfg, ret["mask_head"], shape, num_stages)
-        return ret
-
-    def _check_memory_support(self) -> None:
-        if not self.reads_memory or self.num_cascade_stages == 1:
-            return
-        name = type(self).__name__
-        reorder = [k + 1 for k, s in enumerate(self.stage_samplers) if k and not s.keeps_order]
-        if reorder:
-            raise ValueError(
-                f"MODEL.BOX_CASCADE.STAGE_SAMPLERS: stages {reorder} re-sample their boxes, but "
-                f"{name} carries per-box memory from stage to stage: use 'refined' after the "
-                "first stage"
-            )
-        if self.later_stage_gt != "keep":
-            raise ValueError(
-                f"MODEL.BOX_CASCADE.LATER_STAGE_GT {self.later_stage_gt!r} replaces the "
-                f"regressed ground-truth boxes between stages, but {name} carries per-box memory "
-                "from stage to stage: use 'keep'"
-            )
 
     # ------------------------------------------------------------------ forward
 
@@ -493,60 +373,26 @@ class BoxCascadeROIHeads(CascadeROIHeads):
         pooled = self.mask_inputs(features, [x.pred_boxes for x in instances])
         return self.mask_head.inference(pooled, instances)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A single-stage model of Detectron2's StandardROIHeads names its head "box_head.fc1...";
-        # with one head here it is "box_head.0.fc1...": accept the former, so that a Faster
-        # R-CNN checkpoint loads into a one-stage core (e.g. for iterative BBox at test time).
-        if len(self.box_head) == 1:
-            for name in ("box_head.", "box_predictor."):
-                old = prefix + name
-                for key in [k for k in state_dict if k.startswith(old)]:
-                    if not key[len(old) :].split(".")[0].isdigit():
-                        state_dict[old + "0." + key[len(old) :]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # ------------------------------------------------------------------ trainer contract
 
     def training_hooks(self) -> list:
         """The IoU statistics writer (cascade_zoo.engine.contract)."""
         return [TrainingIoUStatsHook(self.iou_stats, self.iou_stats_period)]
 
+    def head_gradient_multipliers(self) -> Dict[str, float]:
+        """The paper's head rule as a gradient factor per parameter name (head_rule.py); {} when
+        it is off. Installed on the parameters when the heads are built."""
+        if not self.head_rule:
+            return {}
+        names = [n for n, _ in self.named_parameters()]
+        every = self.mask_on and self.mask_strategy == "every"
+        return head_gradient_multipliers(self.plan, names, every)
+
     def rcnn_parameter_names(self) -> List[str]:
         """The R-CNN module's parameters (cascade_zoo.engine.contract): every stage's box head
         and predictor, and every module under ``rcnn_module_prefixes``."""
         prefixes = tuple(self.rcnn_module_prefixes)
         return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
-
-    def head_gradient_multipliers(self) -> Dict[str, float]:
-        """The paper's head rule (Sec. 6.3) as gradient factors per parameter name: stage t's
-        box head, predictor and (mask strategy "every") mask head get 1/w_t, so that they learn
-        as from an unweighted loss while the backbone sees the weighted one. Applied to the
-        gradient, before weight decay, momentum and clipping. A module shared by stages with
-        different weights has no single 1/w_t: that is refused (turn the rule off; the module
-        then gets the sum of the weighted gradients)."""
-        if not self.head_rule:
-            return {}
-        modules: Dict[str, Tuple[float, int]] = {}
-        for t, w in enumerate(self.plan.loss_weights):
-            owned = [f"box_head.{self.plan.head_indices[t]}.",
-                     f"box_predictor.{self.plan.predictor_indices[t]}."]  # fmt: skip
-            if self.mask_on and self.mask_strategy == "every":
-                owned.append(f"mask_head.{t}.")
-            for prefix in owned:
-                factor, first = modules.setdefault(prefix, (1.0 / w, t))
-                if factor != 1.0 / w:
-                    raise ValueError(
-                        f"MODEL.BOX_CASCADE.HEAD_LR_RESCALE: {prefix[:-1]} is shared by stages "
-                        f"{first + 1} and {t + 1}, whose loss weights differ "
-                        f"({self.plan.loss_weights[first]} vs {w}), so no single 1/w_t applies: "
-                        "set HEAD_LR_RESCALE False (the shared module then learns from the sum of "
-                        "the weighted losses) or give the stages equal weights"
-                    )
-        out = {}
-        for name, _ in self.named_parameters():
-            factor = next((f for p, (f, _) in modules.items() if name.startswith(p)), 1.0)
-            out[name] = factor
-        return out
 
 
 def _as_proposals(record: StageRecord) -> List[Instances]:
@@ -557,23 +403,3 @@ def _as_proposals(record: StageRecord) -> List[Instances]:
         boxes.clip(props.image_size)
         out.append(Instances(props.image_size, proposal_boxes=boxes, objectness_logits=s))
     return out
-
-
-def _check_lengths(num_stages: int, **lists) -> None:
-    for key, values in lists.items():
-        if len(values) != num_stages:
-            raise ValueError(
-                f"{key} has {len(values)} entries but there are {num_stages} stages "
-                f"(MODEL.ROI_BOX_CASCADE_HEAD.IOUS): {list(values)}"
-            )
-
-
-def _agnostic_view(cfg):
-    """``cfg`` with CLS_AGNOSTIC_BBOX_REG True, for CascadeROIHeads._init_box_head's assertion;
-    the predictors are rebuilt from the real ``cfg`` afterwards."""
-    if cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
-        return cfg
-    view = cfg.clone()
-    view.defrost()
-    view.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
-    return view
