@@ -1,7 +1,8 @@
 """The box-cascade core: Cascade R-CNN / Cascade Mask R-CNN of the TPAMI paper, complete, with the
 extension points the other papers of the project use. Importing it registers the ROI heads
-("BoxCascadeROIHeads", "IntegralLossROIHeads"), the meta-architecture ("BoxCascadeRCNN"), the
-stage samplers and the stage-wise evaluator."""
+("BoxCascadeROIHeads", "IntegralLossROIHeads", "ParallelModulesROIHeads"), the
+meta-architecture ("BoxCascadeRCNN"), the stage samplers, the test ensembles and the stage-wise
+evaluator."""
 
 from cascade_zoo.evaluation import EXTRA_EVALUATOR_REGISTRY
 
@@ -11,6 +12,7 @@ from .ensembles import TEST_ENSEMBLE_REGISTRY, merge_branch_predictions, registe
 from .evaluation import StageWiseCOCOEvaluator, build_stagewise_evaluator, format_stagewise_tables
 from .integral_loss import IntegralLossROIHeads
 from .meta_arch import BoxCascadeRCNN
+from .parallel import ParallelModulesROIHeads
 from .roi_heads import BoxCascadeROIHeads
 from .samplers import STAGE_SAMPLER_REGISTRY, StageSampler, build_stage_sampler
 from .stages import StagePlan, StageRecord
@@ -24,6 +26,7 @@ __all__ = [
     "BoxCascadeRCNN",
     "BoxCascadeROIHeads",
     "IntegralLossROIHeads",
+    "ParallelModulesROIHeads",
     "STAGE_SAMPLER_REGISTRY",
     "StagePlan",
     "StageRecord",

@@ -71,3 +71,17 @@ def add_box_cascade_config(cfg: CN) -> None:
     # every this many iterations and at the end of training; 0: with every checkpoint
     # (SOLVER.CHECKPOINT_PERIOD), which also lets --resume continue them.
     _C.IOU_STATS_PERIOD = 0
+    # Parallel modules within each stage (ROI_HEADS.NAME "ParallelModulesROIHeads", parallel.py):
+    # K box heads + predictors per stage, each trained on its own sample of the same boxes.
+    _C.PARALLEL = CN()
+    # K, the number of modules per stage.
+    _C.PARALLEL.NUM_MODULES = 1
+    # The largest share of positives in each module's sample (one per module); []: one module at
+    # ROI_HEADS.POSITIVE_FRACTION. Stages whose sampler trains on all refined boxes give every
+    # module those boxes.
+    _C.PARALLEL.POSITIVE_FRACTIONS = []
+    # The module whose boxes are output and refined for the next stage (0-based); -1: the one
+    # with the largest positive fraction.
+    _C.PARALLEL.BOX_MODULE = -1
+    # How the modules' class logits are merged at test: "mean_logits" or "max_logits".
+    _C.PARALLEL.MERGE = "mean_logits"
