@@ -89,3 +89,26 @@ def test_registered_records_load_through_detectron2(tiny_train):
     rec = records[0]
     assert {"file_name", "height", "width", "image_id", "annotations"} <= set(rec)
     assert all(0 <= a["category_id"] < len(SHAPES_CLASSES) for a in rec["annotations"])
+
+
+def test_generation_from_a_script_without_main_guard_does_not_deadlock(tmp_path):
+    """Spawned generation workers re-run an unguarded script, which asks for the split the
+    parent is generating under its lock: they stop at once and the parent writes the split
+    itself (before: a deadlock)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from cascade_zoo.data.shapes import ShapesSpec, ensure_shapes\n"
+        f"ensure_shapes({str(tmp_path / 'root')!r}, 'unguarded', "
+        "ShapesSpec(num_images=64, seed=5, min_side=64, max_side=80, max_objects=3), workers=2)\n"
+        "print('GENERATED')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GENERATED" in proc.stdout
+    assert "generating in this process instead" in proc.stderr
+    (split,) = (tmp_path / "root" / "shapes").glob("unguarded-*")
+    assert len(list((split / "images").glob("*.jpg"))) == 64 and (split / "DONE").exists()

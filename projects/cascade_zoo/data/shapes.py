@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -263,6 +265,29 @@ def _write_one(args) -> Tuple[Dict, List[Dict]]:
     return info, _annotations(objects, index, 0)
 
 
+_WORKER_ENV = "CASCADE_ZOO_SHAPES_WORKER"
+
+
+def _write_in_workers(jobs, workers: int):
+    """``_write_one`` over ``jobs`` in spawned processes; None if the workers died (the caller
+    then writes in this process). A script without an ``if __name__ == "__main__":`` guard is
+    re-run by each spawned worker, which would wait for the lock this process holds: the worker
+    stops at once instead (see ensure_shapes), and the split is written here, with a warning."""
+    os.environ[_WORKER_ENV] = "1"  # inherited by the workers only while they start
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            return list(pool.map(_write_one, jobs, chunksize=16))
+    except BrokenProcessPool:
+        logger.warning(
+            "Shapes generation workers stopped while starting (a script whose top level is not "
+            'guarded by `if __name__ == "__main__":` is re-run by each spawned process); '
+            "generating in this process instead"
+        )
+        return None
+    finally:
+        os.environ.pop(_WORKER_ENV, None)
+
+
 def shapes_dir(root: str, name: str, spec: ShapesSpec) -> Path:
     return Path(root) / "shapes" / f"{name}-{spec.key()}"
 
@@ -277,6 +302,11 @@ def ensure_shapes(root: str, name: str, spec: ShapesSpec, workers: Optional[int]
     done = out / "DONE"
     if done.exists():
         return out
+    if os.environ.get(_WORKER_ENV):
+        raise RuntimeError(
+            f"shapes split '{name}' requested inside a generation worker: the parent process is "
+            "generating it (this script's top level is being re-run by multiprocessing's spawn)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -289,10 +319,10 @@ def ensure_shapes(root: str, name: str, spec: ShapesSpec, workers: Optional[int]
         (tmp / "images").mkdir(parents=True)
         jobs = [(spec, i, str(tmp / "images")) for i in range(spec.num_images)]
         workers = workers or min(os.cpu_count() or 1, 8)
+        results = None
         if workers > 1 and spec.num_images >= 64:
-            with get_context("spawn").Pool(workers) as pool:
-                results = pool.map(_write_one, jobs, chunksize=16)
-        else:
+            results = _write_in_workers(jobs, workers)
+        if results is None:
             results = [_write_one(job) for job in jobs]
         images, annotations = [], []
         for info, anns in results:
