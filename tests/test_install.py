@@ -2,6 +2,7 @@
 ops fail only when called, with an error naming the op."""
 
 import os
+from pathlib import Path
 
 import pytest
 from detectron2 import model_zoo
@@ -42,3 +43,74 @@ def test_device_falls_back_to_cpu_without_cuda():
 
     assert default_device("cpu") == "cpu"
     assert default_device("cuda") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_setup_uses_the_detectron2_of_a_virtualenv_given_as_python(tmp_path):
+    """$PYTHON is a virtualenv holding torch + Detectron2 (here: a throwaway venv that sees this
+    project's venv, the "user environment"). Set-up must build a venv that imports that
+    Detectron2 and torch, and install neither the fallback, nor torch, nor the v0.6 pins."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    import detectron2
+    import torch
+    from conftest import ROOT
+
+    user_env = tmp_path / "user-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", user_env], check=True)
+    user_site = subprocess.check_output(
+        [
+            user_env / "bin" / "python",
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        ],
+        text=True,
+    ).strip()
+    own_site = sysconfig.get_path("purelib")
+    (Path(user_site) / "user-packages.pth").write_text(
+        f"import site; site.addsitedir({own_site!r})\n"
+    )
+
+    venv = tmp_path / "project-venv"
+    env = {**os.environ, "PYTHON": str(user_env / "bin" / "python"), "CASCADE_ZOO_VENV": str(venv)}
+    proc = subprocess.run(
+        ["bash", ROOT / "dev" / "setup_env.sh"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "using the Detectron2 and torch importable from" in proc.stdout
+    assert "installing pb1-detectron2" not in proc.stdout and "installing torch" not in proc.stdout
+
+    seen = subprocess.check_output(
+        [venv / "bin" / "python", "-c", "import detectron2, torch, cascade_zoo, numpy; "
+         "print(detectron2.__file__); print(torch.__file__); print(numpy.__file__)"],
+        text=True, cwd=tmp_path,
+    ).split()  # fmt: skip
+    assert seen[:2] == [detectron2.__file__, torch.__file__]
+    assert seen[2].startswith(own_site)  # the environment's numpy, not a pinned one
+    venv_site = Path(
+        subprocess.check_output(
+            [
+                venv / "bin" / "python",
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ],
+            text=True,
+        ).strip()
+    )
+    installed = {p.name.split("-")[0].lower() for p in venv_site.glob("*.dist-info")}
+    assert not installed & {
+        "pb1_detectron2",
+        "detectron2",
+        "torch",
+        "numpy",
+        "pillow",
+        "setuptools",
+        "pip",
+    }, installed
+
+    again = subprocess.run(
+        ["bash", ROOT / "dev" / "setup_env.sh"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert again.returncode == 0 and "is up to date" in again.stdout
