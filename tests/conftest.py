@@ -1,5 +1,6 @@
 """Shared test set-up: a dataset cache inside the clone, and helpers to run train_net.py."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -41,6 +42,24 @@ def run_tool(name, *args, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return proc
+
+
+def load_checkpoint_warnings(model, path):
+    """Load ``path`` into ``model`` through the public ``DetectionCheckpointer.load`` and return
+    the warnings it logs (missing keys, unexpected keys, shape mismatches): [] for a clean load."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    assert os.path.isfile(path), path  # load() only logs, and loads nothing, for a missing file
+    checkpointer = DetectionCheckpointer(model)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    checkpointer.logger.addHandler(handler)
+    try:
+        checkpointer.load(str(path))
+    finally:
+        checkpointer.logger.removeHandler(handler)
+    return [record.getMessage() for record in records]
 
 
 @pytest.fixture(scope="session")
