@@ -39,6 +39,30 @@ def _caption(image: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([np.asarray(band), image], 0)
 
 
+def draw_outputs(
+    rgb: np.ndarray, outputs: dict, metadata, score_threshold: float, *, stages: bool = False
+) -> List[np.ndarray]:
+    """A model's outputs for one image drawn by Detectron2's Visualizer (detections with score >=
+    ``score_threshold``): one RGB picture, or with ``stages`` one captioned picture per entry of
+    ``outputs["stage_instances"]`` (each stage, then the ensemble)."""
+    if stages:
+        if "stage_instances" not in outputs:
+            raise ValueError(
+                "stages=True needs a model returning stage-wise outputs: "
+                "MODEL.META_ARCHITECTURE BoxCascadeRCNN and MODEL.BOX_CASCADE.STAGEWISE_TEST"
+            )
+        panels = list(outputs["stage_instances"].items())
+    else:
+        panels = [("", outputs["instances"])]
+    drawn = []
+    for name, instances in panels:
+        instances = instances.to("cpu")
+        instances = instances[instances.scores >= score_threshold]
+        picture = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
+        drawn.append(_caption(picture, name) if stages else picture)
+    return drawn
+
+
 def draw_predictions(
     cfg,
     dataset_name: str,
@@ -67,22 +91,7 @@ def draw_predictions(
     for record in dicts[:num_images]:
         image = read_image(record["file_name"], format=predictor.input_format)
         rgb = image[:, :, ::-1] if predictor.input_format == "BGR" else image
-        outputs = predictor(image)
-        if stages:
-            if "stage_instances" not in outputs:
-                raise ValueError(
-                    "stages=True needs a model returning stage-wise outputs: "
-                    "MODEL.META_ARCHITECTURE BoxCascadeRCNN and MODEL.BOX_CASCADE.STAGEWISE_TEST"
-                )
-            panels = list(outputs["stage_instances"].items())
-        else:
-            panels = [("", outputs["instances"])]
-        row = []
-        for name, instances in panels:
-            instances = instances.to("cpu")
-            instances = instances[instances.scores >= score_threshold]
-            drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances).get_image()
-            row.append(_caption(drawn, name) if stages else drawn)
+        row = draw_outputs(rgb, predictor(image), metadata, score_threshold, stages=stages)
         if with_ground_truth:
             truth = Visualizer(rgb, metadata).draw_dataset_dict(record).get_image()
             row.append(_caption(truth, "ground truth") if stages else truth)
