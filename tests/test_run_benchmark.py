@@ -1,0 +1,188 @@
+"""tools/run_benchmark.py: skipping finished runs, resuming killed ones, refusing results of another
+config, re-doing corrupt ones, the config hash, and the reports. Training is replaced by a fake
+trainer that writes what train_net.py writes (metrics.json, checkpoints), so this is cheap."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "Baselines/faster_rcnn_instant_test.yaml"
+CASCADE = "CascadeRCNN/cascade_rcnn_instant_test.yaml"
+
+
+@pytest.fixture(scope="module")
+def rb():
+    spec = importlib.util.spec_from_file_location("run_benchmark", ROOT / "tools/run_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeTrainer:
+    """Writes a metrics.json with two evaluations (AP = ap_base + seed, per-IoU AP decreasing
+    with the IoU) and model_final.pth; ``fail_once`` makes the first call stop half-way, like a
+    killed run (a checkpoint but no final model)."""
+
+    def __init__(self, ap_base=20.0, fail_once=False, stages=()):
+        self.calls = []
+        self.ap_base = ap_base
+        self.fail_once = fail_once
+        self.stages = stages
+
+    def __call__(self, run, device):
+        out = run.output_dir
+        self.calls.append(sorted(p.name for p in out.iterdir()))
+        (out / "model_0000001.pth").write_bytes(b"checkpoint")
+        (out / "last_checkpoint").write_text("model_0000001.pth")
+        if self.fail_once and len(self.calls) == 1:
+            raise RuntimeError("killed")
+        ap = self.ap_base + run.seed
+        evaluation = {"iteration": 3, "bbox/AP": ap}
+        for i in range(10):
+            evaluation[f"bbox/AP{50 + 5 * i}"] = ap + 20 - 4 * i
+        for s, stage in enumerate(self.stages):
+            evaluation.update({f"{stage}/bbox/{k[5:]}": v - 1 - s for k, v in evaluation.items()
+                               if k.startswith("bbox/")})  # fmt: skip
+        records = [
+            {"iteration": 0, "time": 0.5, "total_loss": 2.0},
+            {"iteration": 1, "bbox/AP": ap / 2, **{f"bbox/AP{50 + 5 * i}": 1.0 for i in range(10)}},
+            {"iteration": 3, "time": 0.7, "total_loss": 1.0},
+            evaluation,
+        ]
+        (out / "metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        (out / "model_final.pth").write_bytes(b"final")
+        return {"peak_rss_mb": 100.0}
+
+
+def _run(rb, tmp_path, config=CONFIG, seed=0, opts=()):
+    return rb.Run(config, seed, tmp_path / "results", tmp_path / "runs", opts)
+
+
+def _execute(rb, run, trainer):
+    return rb.execute(run, device="cpu", trainer=trainer, publish_models=False)
+
+
+def test_finished_run_is_skipped(rb, tmp_path):
+    trainer = FakeTrainer()
+    run = _run(rb, tmp_path)
+    result = _execute(rb, run, trainer)
+    assert len(trainer.calls) == 1
+    saved = json.loads(run.result_path.read_text())
+    assert run.result_path == tmp_path / "results/Baselines/faster_rcnn_instant_test/seed0.json"
+    assert saved["metrics"]["bbox"]["AP"] == 20.0 and saved["metrics"]["bbox"]["AP95"] == 4.0
+    assert saved["config_hash"] == run.hash and saved["device"] == "cpu"
+    assert saved["train_s_per_iter"] == pytest.approx(0.6)  # median of 0.5 and 0.7
+    assert [p["iteration"] for p in saved["curve"]] == [2, 4]
+    assert "--config-file configs/Baselines/faster_rcnn_instant_test.yaml" in saved["command"]
+    again = _execute(rb, _run(rb, tmp_path), trainer)
+    assert len(trainer.calls) == 1 and again == result
+
+
+def test_killed_run_resumes_in_its_output_dir(rb, tmp_path):
+    trainer = FakeTrainer(fail_once=True)
+    run = _run(rb, tmp_path)
+    with pytest.raises(RuntimeError, match="killed"):
+        _execute(rb, run, trainer)
+    assert not run.result_path.exists()
+    _execute(rb, _run(rb, tmp_path), trainer)
+    # the second call found the first one's checkpoint, so train_net.py --resume continues it
+    assert "last_checkpoint" in trainer.calls[1] and "model_0000001.pth" in trainer.calls[1]
+    assert run.result_path.is_file()
+
+
+def test_trained_run_without_result_file_is_collected_not_retrained(rb, tmp_path):
+    trainer = FakeTrainer()
+    run = _run(rb, tmp_path)
+    first = _execute(rb, run, trainer)
+    run.result_path.unlink()  # e.g. killed after training, before the result was written
+    again = _execute(rb, _run(rb, tmp_path), trainer)
+    assert len(trainer.calls) == 1
+    assert again["metrics"] == first["metrics"]
+
+
+def test_output_dir_of_another_config_is_moved_aside(rb, tmp_path):
+    trainer = FakeTrainer(fail_once=True)
+    with pytest.raises(RuntimeError):
+        _execute(rb, _run(rb, tmp_path), trainer)
+    _execute(rb, _run(rb, tmp_path, opts=["SOLVER.BASE_LR", "0.001"]), trainer)
+    assert trainer.calls[1] == ["benchmark_config_hash.txt"]  # did not resume the other model
+    assert len(list((tmp_path / "runs/Baselines/faster_rcnn_instant_test").glob("seed0.stale-*")))
+
+
+def test_result_of_another_config_is_refused_and_redone(rb, tmp_path):
+    old = _run(rb, tmp_path)
+    _execute(rb, old, FakeTrainer(ap_base=50.0))
+    new = _run(rb, tmp_path, opts=["SOLVER.BASE_LR", "0.001"])
+    assert new.hash != old.hash
+    assert rb.read_result(new)[0] == "stale"
+    trainer = FakeTrainer(ap_base=10.0)
+    result = _execute(rb, new, trainer)
+    assert len(trainer.calls) == 1 and result["metrics"]["bbox"]["AP"] == 10.0
+    stale = new.result_path.with_name("seed0.stale.json")
+    assert json.loads(stale.read_text())["metrics"]["bbox"]["AP"] == 50.0  # kept, not mixed in
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", '{"format": 1, "metrics": {"bbox": {}}}'])
+def test_corrupt_result_is_redone(rb, tmp_path, content):
+    run = _run(rb, tmp_path)
+    run.result_path.parent.mkdir(parents=True)
+    run.result_path.write_text(content)
+    trainer = FakeTrainer()
+    _execute(rb, run, trainer)
+    assert len(trainer.calls) == 1
+    assert rb.read_result(run)[0] == "ok"
+    assert run.result_path.with_name("seed0.corrupt.json").read_text() == content
+
+
+def test_hash_is_of_the_difference_from_the_defaults(rb, monkeypatch):
+    import cascade_zoo
+
+    config = str(ROOT / "configs" / CONFIG)
+    diff = rb.config_diff(config)
+    assert diff["SOLVER.MAX_ITER"] == 4 and diff["MODEL.RESNETS.DEPTH"] == 18
+    assert "OUTPUT_DIR" not in diff and "MODEL.DEVICE" not in diff
+    assert "SOLVER.MOMENTUM" not in diff  # a default value
+    assert rb.config_diff(config, ["SEED", "3", "OUTPUT_DIR", "/x"]) == diff
+    assert rb.config_hash(rb.config_diff(config, ["SOLVER.BASE_LR", "0.5"])) != rb.config_hash(diff)
+
+    original = cascade_zoo.get_zoo_cfg
+
+    def with_new_key():
+        cfg = original()
+        cfg.MODEL.SOME_NEW_KEY = 1.0  # a key added later, with its default
+        return cfg
+
+    monkeypatch.setattr(cascade_zoo, "get_zoo_cfg", with_new_key)
+    assert rb.config_hash(rb.config_diff(config)) == rb.config_hash(diff)
+
+
+def test_reports_mean_std_per_iou_and_stages(rb, tmp_path):
+    stages = ("stage1", "stage2", "ensemble")
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer(ap_base=10.0))
+        _execute(rb, _run(rb, tmp_path, CASCADE, seed), FakeTrainer(ap_base=14.0, stages=stages))
+    # a stale file and a stray file are left out of the report
+    (tmp_path / "results/Baselines/faster_rcnn_instant_test/seed0.stale.json").write_text("{}")
+    grouped = rb.load_results(tmp_path / "results")
+    assert sorted(grouped) == [
+        "Baselines/faster_rcnn_instant_test",
+        "CascadeRCNN/cascade_rcnn_instant_test",
+    ]
+    assert len(grouped["Baselines/faster_rcnn_instant_test"]) == 2
+    figures = rb.plot_results(grouped, tmp_path / "fig", "Baselines/faster_rcnn_instant_test")
+    assert len(figures) == 3 and all(Path(f).stat().st_size > 0 for f in figures)
+    md = tmp_path / "results.md"
+    rb.write_results_md(grouped, md, figures, "cmd")
+    text = md.read_text()
+    # AP of seeds 0 and 1: 10 and 11 -> mean 10.5, sample std 0.707
+    std = math.sqrt(((10 - 10.5) ** 2 + (11 - 10.5) ** 2) / 1)
+    assert f"| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± {std:.1f} | 30.5 ± 0.7 |" in text
+    assert "| `CascadeRCNN/cascade_rcnn_instant_test` stage2 | 2 | 12.5 ± 0.7 |" in text
+    zoo = tmp_path / "MODEL_ZOO.md"
+    rb.write_model_zoo_md(grouped, zoo)
+    url = "cascade_zoo://CascadeRCNN/cascade_rcnn_instant_test/seed1/model_final.pth"
+    assert url in zoo.read_text()

@@ -1,0 +1,712 @@
+#!/usr/bin/env python
+"""Run a benchmark matrix (configs x seeds), keep one small result file per run in the repository,
+and regenerate docs/results.md, its plots and MODEL_ZOO.md from those files.
+
+    python tools/run_benchmark.py --configs Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \\
+        Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0 1 2
+    python tools/run_benchmark.py --report-only      # tables, plots, MODEL_ZOO.md from the files
+
+Configs are named relative to configs/. Each run trains with train_net.py (--resume) in
+<runs-dir>/<name>/seed<k>, so a killed run continues from its last checkpoint; a run whose result
+file benchmarks/results/<name>/seed<k>.json is there, valid and of the same config is skipped. The
+config is identified by the hash of its non-default keys (the resolved config against the
+project's defaults, without OUTPUT_DIR, SEED and MODEL.DEVICE): a result file of another config
+is refused (renamed *.stale.json, then the run is re-done), a missing or unreadable one is re-done.
+A config whose MODEL.WEIGHTS is a pretrained file the project makes (PRETRAINED) gets it made
+first, by the same machinery. Finished runs publish model_final.pth and metrics.json under the
+model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_FORMAT = 1
+# Keys that say where or how a run is done, not which model it trains.
+IGNORED_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.DEVICE")
+AP_COLUMNS = ["AP"] + [f"AP{50 + 5 * i}" for i in range(10)]
+# Pretrained files the project makes itself: MODEL.WEIGHTS -> (config, seed, kept key prefix).
+# The fair protocol's backbone (docs/benchmark_protocol.md): the ResNet of a long Faster R-CNN
+# run, like the ImageNet-pretrained ResNet of the papers.
+PRETRAINED = {
+    "cascade_zoo://Benchmark/shapes_backbone_R_18.pth": (
+        "Benchmark/pretrain_faster_rcnn_R_18_FPN_shapes.yaml",
+        0,
+        "backbone.bottom_up.",
+    ),
+}
+
+logger = logging.getLogger("run_benchmark")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config identity
+
+
+def _flatten(node, prefix="") -> Dict[str, object]:
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_diff(config_file: str, opts=()) -> Dict[str, object]:
+    """The resolved config's keys whose values differ from the project's defaults (new keys of
+    the defaults leave this unchanged), without IGNORED_KEYS."""
+    from cascade_zoo import get_zoo_cfg, setup_cfg
+
+    cfg = _flatten(setup_cfg(config_file, opts, freeze=False))
+    default = _flatten(get_zoo_cfg())
+    return OrderedDict(
+        (k, _plain(cfg[k]))
+        for k in sorted(cfg)
+        if k not in IGNORED_KEYS and (k not in default or _plain(default[k]) != _plain(cfg[k]))
+    )
+
+
+def _default_max_iter() -> int:
+    from cascade_zoo import get_zoo_cfg
+
+    return get_zoo_cfg().SOLVER.MAX_ITER
+
+
+def config_hash(diff: Dict[str, object]) -> str:
+    text = json.dumps(diff, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+class Run:
+    """One (config, seed) of the matrix and where its files live."""
+
+    def __init__(self, config: str, seed: int, results_dir: Path, runs_dir: Path, opts=()):
+        self.config = config
+        self.seed = seed
+        self.opts = list(opts)
+        self.name = str(Path(config).with_suffix("")).replace(os.sep, "/")
+        self.config_file = str(REPO / "configs" / config)
+        self.result_path = Path(results_dir) / self.name / f"seed{seed}.json"
+        self.output_dir = Path(runs_dir) / self.name / f"seed{seed}"
+        self.diff = config_diff(self.config_file, self.opts)
+        self.hash = config_hash(self.diff)
+        self.max_iter = self.diff.get("SOLVER.MAX_ITER", _default_max_iter())
+
+    def train_args(self, device: str) -> List[str]:
+        return [
+            "train_net.py",
+            "--config-file",
+            os.path.relpath(self.config_file, REPO),
+            "--resume",
+            *self.opts,
+            "OUTPUT_DIR",
+            str(self.output_dir),
+            "SEED",
+            str(self.seed),
+            "MODEL.DEVICE",
+            device,
+        ]
+
+
+def read_result(run: Run):
+    """("ok", data) | ("missing", None) | ("corrupt", reason) | ("stale", other hash)."""
+    if not run.result_path.is_file():
+        return "missing", None
+    try:
+        data = json.loads(run.result_path.read_text())
+        if data.get("format") != RESULT_FORMAT or not isinstance(data["metrics"]["bbox"], dict):
+            return "corrupt", "unknown format"
+        if any(not isinstance(data["metrics"]["bbox"].get(k), (int, float)) for k in AP_COLUMNS):
+            return "corrupt", "AP table incomplete"
+        if data["seed"] != run.seed:
+            return "corrupt", f"seed {data['seed']} in a file of seed {run.seed}"
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return "corrupt", f"{type(e).__name__}: {e}"
+    if data.get("config_hash") != run.hash:
+        return "stale", data.get("config_hash")
+    return "ok", data
+
+
+def _set_aside(path: Path, tag: str) -> Path:
+    """Rename ``path`` out of the way (nothing is deleted); returns the new path."""
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    target = path.with_name(f"{stem}.{tag}.json")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{stem}.{tag}{n}.json")
+        n += 1
+    path.rename(target)
+    return target
+
+
+def _prepare_output_dir(run: Run) -> None:
+    """The run's OUTPUT_DIR, marked with its config hash; one of another config is moved aside
+    (so --resume never continues a different model)."""
+    marker = run.output_dir / "benchmark_config_hash.txt"
+    if run.output_dir.is_dir() and any(run.output_dir.iterdir()):
+        if not marker.is_file() or marker.read_text().strip() != run.hash:
+            aside = run.output_dir.with_name(f"{run.output_dir.name}.stale-{int(time.time())}")
+            logger.warning(f"{run.output_dir}: files of another config, moved to {aside}")
+            run.output_dir.rename(aside)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run.hash + "\n")
+
+
+def subprocess_trainer(run: Run, device: str) -> Dict[str, float]:
+    """Train (or resume) the run with train_net.py in a child process; raises on failure.
+    Returns the child's peak resident memory in MB."""
+    args = [sys.executable, *run.train_args(device)]
+    logger.info("Running: " + " ".join(args))
+    with open(run.output_dir / "benchmark_stdout.txt", "a") as log:
+        proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # killed (SIGTERM, Ctrl-C): stop the training too; --resume goes on
+            proc.terminate()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{run.name} seed {run.seed}: train_net.py exited with {proc.returncode} (see "
+            f"{run.output_dir}/benchmark_stdout.txt)"
+        )
+    return {"peak_rss_mb": usage.ru_maxrss / 1024.0}
+
+
+def _metrics_records(output_dir: Path) -> List[dict]:
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return records
+
+
+def _inference_s_per_image(output_dir: Path) -> Optional[float]:
+    log = output_dir / "log.txt"
+    if not log.is_file():
+        return None
+    found = re.findall(
+        r"Total inference pure compute time: .*?\(([0-9.]+) s / iter per device", log.read_text()
+    )
+    return float(found[-1]) if found else None
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit
+
+
+def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, command: str) -> dict:
+    """The result file's content from the run's metrics.json (its last evaluation is the final
+    one; earlier ones make the AP-vs-iteration curve).
+
+    Raises:
+        RuntimeError: the run has no final evaluation.
+    """
+    from cascade_zoo.benchmark import machine_description
+
+    records = _metrics_records(run.output_dir)
+    evals = [r for r in records if "bbox/AP" in r]
+    if not evals:
+        raise RuntimeError(f"{run.output_dir}/metrics.json: no evaluation (bbox/AP) found")
+    last = evals[-1]
+    bbox = {k: last[f"bbox/{k}"] for k in AP_COLUMNS + ["APs", "APm", "APl"] if f"bbox/{k}" in last}
+    stages = OrderedDict()
+    for key in sorted(last):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1] == "bbox" and parts[0] != "proposals":
+            stages.setdefault(parts[0], {})[parts[2]] = last[key]
+    times = [r["time"] for r in records if "time" in r and "bbox/AP" not in r]
+    curve = [
+        {"iteration": r["iteration"] + 1, **{k: r.get(f"bbox/{k}") for k in AP_COLUMNS}}
+        for r in evals
+    ]
+    checkpoint = run.output_dir / "model_final.pth"
+    return {
+        "format": RESULT_FORMAT,
+        "name": run.name,
+        "config": f"configs/{run.config}",
+        "seed": run.seed,
+        "config_hash": run.hash,
+        "config_diff": run.diff,
+        "command": command,
+        "git_commit": _git_commit(),
+        "device": device,
+        "machine": machine_description(),
+        "host": socket.gethostname(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "wall_time_s": round(wall_time_s, 1) if wall_time_s else None,
+        "max_iter": max((r.get("iteration", -1) for r in records), default=-1) + 1,
+        "train_s_per_iter": round(statistics.median(times), 4) if times else None,
+        "inference_s_per_image": _inference_s_per_image(run.output_dir),
+        **{k: round(v, 1) for k, v in extra.items()},
+        "checkpoint_sha256": _sha256(checkpoint) if checkpoint.is_file() else None,
+        "metrics": {"bbox": bbox, "stages": stages},
+        "curve": curve,
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish(run: Run, result: dict) -> None:
+    """model_final.pth and metrics.json into the model zoo (cascade_zoo://<name>/seed<k>/)."""
+    from detectron2.utils.file_io import PathManager
+
+    from cascade_zoo.model_zoo import PREFIX
+
+    for fname in ("model_final.pth", "metrics.json"):
+        src = run.output_dir / fname
+        if src.is_file():
+            dst = f"{PREFIX}{run.name}/seed{run.seed}/{fname}"
+            PathManager.copy_from_local(str(src), dst, overwrite=True)
+
+
+def _training_finished(run: Run) -> bool:
+    evals = [r for r in _metrics_records(run.output_dir) if "bbox/AP" in r]
+    return (
+        (run.output_dir / "model_final.pth").is_file()
+        and bool(evals)
+        and evals[-1].get("iteration", -1) + 1 >= run.max_iter
+    )
+
+
+def _wall_time_file(run: Run) -> Path:
+    return run.output_dir / "benchmark_wall_time.json"
+
+
+def execute(
+    run: Run,
+    *,
+    device: str,
+    trainer: Callable[[Run, str], Dict[str, float]] = subprocess_trainer,
+    publish_models: bool = True,
+) -> dict:
+    """Make the run's result file unless a valid one of the same config is there; returns it."""
+    status, data = read_result(run)
+    if status == "ok":
+        logger.info(f"{run.name} seed {run.seed}: done ({run.result_path}), skipped")
+        return data
+    if status == "stale":
+        aside = _set_aside(run.result_path, "stale")
+        logger.warning(
+            f"{run.result_path}: a result of another config (hash {data}, now {run.hash}); refused "
+            f"and moved to {aside}; running again"
+        )
+    elif status == "corrupt":
+        aside = _set_aside(run.result_path, "corrupt")
+        logger.warning(f"{run.result_path}: unreadable ({data}); moved to {aside}; running again")
+    ensure_pretrained(run, device=device, trainer=trainer)
+    _prepare_output_dir(run)
+    # wall time accumulates over a killed run's segments
+    spent = 0.0
+    wt = _wall_time_file(run)
+    if wt.is_file():
+        try:
+            spent = float(json.loads(wt.read_text())["wall_time_s"])
+        except (ValueError, KeyError, TypeError):
+            spent = 0.0
+    extra = {}
+    if _training_finished(run):
+        # trained to the end and evaluated, but no result file (e.g. killed before writing it)
+        logger.info(f"{run.output_dir}: training finished already; collecting its result")
+    else:
+        start = time.time()
+        try:
+            extra = trainer(run, device)
+        finally:
+            spent += time.time() - start
+            wt.write_text(json.dumps({"wall_time_s": spent}))
+    command = "python " + " ".join(run.train_args(device))
+    result = collect_result(run, spent, extra, device, command)
+    run.result_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.result_path.with_name(run.result_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, run.result_path)
+    if publish_models:
+        publish(run, result)
+    logger.info(f"{run.name} seed {run.seed}: AP {result['metrics']['bbox']['AP']:.2f}")
+    return result
+
+
+def ensure_pretrained(run: Run, *, device: str, trainer=subprocess_trainer) -> None:
+    """Make the project's pretrained file that the run's MODEL.WEIGHTS names, if missing."""
+    weights = run.diff.get("MODEL.WEIGHTS", "")
+    if weights not in PRETRAINED:
+        return
+    from detectron2.utils.file_io import PathManager
+
+    local = PathManager.get_local_path(weights)
+    if os.path.isfile(local):
+        return
+    config, seed, prefix = PRETRAINED[weights]
+    source = Run(config, seed, run.result_path.parents[len(Path(run.name).parts)],
+                 run.output_dir.parents[len(Path(run.name).parts)])  # fmt: skip
+    logger.info(f"{weights} is missing: making it from {config} seed {seed}")
+    execute(source, device=device, trainer=trainer)
+    extract_weights(source.output_dir / "model_final.pth", local, prefix)
+
+
+def extract_weights(checkpoint: Path, output: str, prefix: str) -> None:
+    """Save the checkpoint's weights whose names start with ``prefix`` (as a .pth that
+    DetectionCheckpointer loads; the other modules of a model keep their initialization)."""
+    import torch
+
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)["model"]
+    kept = OrderedDict((k, v) for k, v in state.items() if k.startswith(prefix))
+    if not kept:
+        raise RuntimeError(f"{checkpoint}: no weights named {prefix}*")
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    torch.save({"model": kept, "source": str(checkpoint), "prefix": prefix}, output + ".tmp")
+    os.replace(output + ".tmp", output)
+    logger.info(f"Wrote {len(kept)} tensors of {checkpoint} ({prefix}*) to {output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def load_results(results_dir: Path) -> "OrderedDict[str, List[dict]]":
+    """Every valid result file under ``results_dir``, grouped by name (stale, corrupt files and
+    results of a config that changed since are left out, with a warning)."""
+    grouped = OrderedDict()
+    for path in sorted(Path(results_dir).glob("**/seed*.json")):
+        if not re.fullmatch(r"seed\d+\.json", path.name):
+            continue
+        name = str(path.parent.relative_to(results_dir)).replace(os.sep, "/")
+        config = REPO / "configs" / f"{name}.yaml"
+        if not config.is_file():
+            logger.warning(f"{path}: its config {config} is gone; left out")
+            continue
+        run = Run(f"{name}.yaml", int(path.name[4:-5]), results_dir, Path("."))
+        status, data = read_result(run)
+        if status != "ok":
+            logger.warning(f"{path}: {status} ({data}); left out of the report")
+            continue
+        grouped.setdefault(name, []).append(data)
+    return grouped
+
+
+def _mean_std(values: List[float]):
+    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: List[float], digits: int = 1) -> str:
+    mean, std = _mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def summary_rows(grouped) -> List[list]:
+    """One row per model (final output) and, for cascades, one per stage: mean ± std."""
+    rows = []
+    for name, results in grouped.items():
+        rows.append(
+            [f"`{name}`", len(results)]
+            + [_pm([r["metrics"]["bbox"][k] for r in results]) for k in AP_COLUMNS]
+        )
+        stages = results[0]["metrics"].get("stages") or {}
+        for stage in stages:
+            if stage == "ensemble":
+                continue
+            rows.append(
+                [f"`{name}` {stage}", len(results)]
+                + [_pm([r["metrics"]["stages"].get(stage, {}).get(k) for r in results])
+                   for k in AP_COLUMNS]
+            )  # fmt: skip
+    return rows
+
+
+def curves(grouped, stage: Optional[str] = None):
+    """name -> (mean AP at each IoU, std) over seeds."""
+    out = OrderedDict()
+    for name, results in grouped.items():
+        if stage is None:
+            tables = [r["metrics"]["bbox"] for r in results]
+        else:
+            tables = [r["metrics"]["stages"][s] for r in results for s in [stage]
+                      if s in r["metrics"]["stages"]]  # fmt: skip
+            if not tables:
+                continue
+        stats = [_mean_std([t[k] for t in tables]) for k in AP_COLUMNS[1:]]
+        out[name] = ([s[0] for s in stats], [s[1] for s in stats])
+    return out
+
+
+def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[str]:
+    """AP vs IoU (mean ± std over seeds), gains over the baseline at each IoU, AP vs iteration."""
+    from cascade_zoo.analysis._plot import pyplot, save_figure
+    from cascade_zoo.analysis.ap_iou import IOU_THRESHOLDS
+
+    plt = pyplot()
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    mean_curves = curves(grouped)
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for name, (mean, std) in mean_curves.items():
+        ax.errorbar(IOU_THRESHOLDS, mean, yerr=std, marker="o", markersize=3, capsize=2, label=name)
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("AP (%) on shapes_val, mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iou.png"), "AP vs IoU"))
+
+    if baseline in grouped:
+        base = {r["seed"]: r["metrics"]["bbox"] for r in grouped[baseline]}
+        fig, ax = plt.subplots(figsize=(7, 4.6))
+        for name, results in grouped.items():
+            if name == baseline:
+                continue
+            diffs = [[r["metrics"]["bbox"][k] - base[r["seed"]][k] for r in results
+                      if r["seed"] in base] for k in AP_COLUMNS[1:]]  # fmt: skip
+            stats = [_mean_std(d) for d in diffs]
+            if stats[0][0] is None:
+                continue
+            ax.errorbar(IOU_THRESHOLDS, [s[0] for s in stats], yerr=[s[1] for s in stats],
+                        marker="o", markersize=3, capsize=2, label=name)  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel(f"AP gain over {baseline} (points)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        written.append(
+            save_figure(fig, str(figures_dir / "results_gain_vs_iou.png"), "Gain over the baseline")
+        )
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for name, results in grouped.items():
+        by_iter = OrderedDict()
+        for r in results:
+            for point in r.get("curve", []):
+                by_iter.setdefault(point["iteration"], []).append(point["AP"])
+        if len(by_iter) < 2:
+            continue
+        its = sorted(by_iter)
+        stats = [_mean_std(by_iter[i]) for i in its]
+        ax.errorbar(its, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
+                    markersize=3, capsize=2, label=name)  # fmt: skip
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP (%) on shapes_val, mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iter.png"), "AP vs iteration"))
+    return written
+
+
+def write_results_md(grouped, path: Path, figures: List[str], command: str) -> None:
+    from cascade_zoo.utils.markdown import markdown_table
+
+    runs = []
+    for name, results in grouped.items():
+        for r in sorted(results, key=lambda r: r["seed"]):
+            runs.append([f"`{name}`", r["seed"], r["git_commit"][:7], r["device"],
+                         r["max_iter"], r["train_s_per_iter"],
+                         r["wall_time_s"] / 60.0 if r["wall_time_s"] else None,
+                         r["finished"]])  # fmt: skip
+    rel = [os.path.relpath(f, path.parent) for f in figures]
+    text = [
+        "# Results",
+        "",
+        "Generated by `tools/run_benchmark.py` from the result files in `benchmarks/results/` "
+        "(one per run; never edited by hand). Box AP (%) on `shapes_val`, mean ± std over the "
+        "seeds, at each IoU threshold; for cascades, one row per stage below the model's "
+        "final output. The protocol (same pretrained backbone for every method, schedule, "
+        "seeds) is in [benchmark_protocol.md](benchmark_protocol.md).",
+        "",
+        f"Regenerate: `{command}`",
+        "",
+        markdown_table(["model", "seeds"] + AP_COLUMNS, summary_rows(grouped)),
+        "",
+        *[f"![{Path(f).stem}]({f})" for f in rel],
+        "",
+        "## Runs",
+        "",
+        "Wall time: training and the evaluations in it, on the device named (CPU runs shared a "
+        "2-core machine with other work unless the protocol says otherwise).",
+        "",
+        markdown_table(
+            [
+                "model",
+                "seed",
+                "commit",
+                "device",
+                "iterations",
+                "train s/iter",
+                "wall (min)",
+                "finished",
+            ],
+            runs,
+        ),  # fmt: skip
+        "",
+    ]
+    path.write_text("\n".join(text))
+
+
+def write_model_zoo_md(grouped, path: Path) -> None:
+    from cascade_zoo.model_zoo import DETECTRON2_CHECKPOINTS
+    from cascade_zoo.utils.markdown import markdown_table
+
+    rows = []
+    for name, results in grouped.items():
+        for r in sorted(results, key=lambda r: r["seed"]):
+            url = f"cascade_zoo://{name}/seed{r['seed']}"
+            model_id = (r.get("checkpoint_sha256") or "-")[:8]
+            rows.append([
+                f"`{name}`", r["seed"], f"{r['max_iter']} iter", r["train_s_per_iter"],
+                r["inference_s_per_image"], r.get("peak_rss_mb"), r["metrics"]["bbox"]["AP"],
+                model_id, f"`{url}/model_final.pth` \\| `{url}/metrics.json`",
+            ])  # fmt: skip
+    d2_rows = [[f"`configs/{k}`", f"`{v}`"] for k, v in DETECTRON2_CHECKPOINTS.items()]
+    text = PREAMBLE_MODEL_ZOO.format(
+        table=markdown_table(
+            ["name", "seed", "lr sched", "train time (s/iter)", "inference time (s/im)",
+             "train mem (MB, CPU peak RSS)", "box AP", "model id", "download"], rows),
+        d2_table=markdown_table(["config of this project", "Detectron2 model zoo name"], d2_rows),
+    )  # fmt: skip
+    path.write_text(text)
+
+
+PREAMBLE_MODEL_ZOO = """# cascade-zoo Model Zoo
+
+Models trained by `tools/run_benchmark.py`, in the format of Detectron2's MODEL_ZOO.md. This file
+is generated from the result files in `benchmarks/results/`; the figures are measured by the runs
+(device and machine in each result file and in [docs/results.md](docs/results.md)). On a CPU the
+train-memory column is the peak resident set size of the training process.
+
+Checkpoints are named `cascade_zoo://<name>/seed<k>/model_final.pth`. The prefix resolves to
+`$CASCADE_ZOO_MODEL_ZOO` (a directory or an `http(s)://` base URL), by default
+`$CASCADE_ZOO_CACHE/model_zoo` (`.cache/model_zoo` in the repository), where the runner publishes
+each finished run. Use them as in Detectron2:
+
+```python
+from cascade_zoo import model_zoo
+cfg = model_zoo.get_config("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
+model = model_zoo.get("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
+```
+
+or `python train_net.py --config-file configs/<name>.yaml --eval-only MODEL.WEIGHTS
+cascade_zoo://<name>/seed0/model_final.pth`.
+
+{table}
+
+## Detectron2's model zoo
+
+Detectron2's own Faster/Mask/Cascade Mask R-CNN checkpoints load by name into this project's
+equivalent configs: `model_zoo.get_checkpoint_url(config)` (and `get(config, trained=True)`)
+gives the `detectron2://` file of the model in the right column. For the box-cascade core, the
+config equivalent to Detectron2's `CascadeROIHeads` is
+`configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x_detectron2.yaml`: it loads the checkpoints of
+`configs/Baselines/cascade_rcnn_R_50_FPN_1x.yaml` (same parameter names); for a Cascade *Mask*
+R-CNN checkpoint of Detectron2 set `MODEL.MASK_ON True` with it.
+
+{d2_table}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )  # fmt: skip
+    parser.add_argument("--configs", nargs="*", default=[], help="relative to configs/")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--runs-dir", help="default: $CASCADE_ZOO_CACHE/benchmark_runs")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--report-only", action="store_true", help="only regenerate the reports")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--results-md", default=str(REPO / "docs" / "results.md"))
+    parser.add_argument("--model-zoo-md", default=str(REPO / "MODEL_ZOO.md"))
+    parser.add_argument("--figures-dir", default=str(REPO / "docs" / "images"))
+    parser.add_argument("--baseline", default="Benchmark/faster_rcnn_R_18_FPN_shapes")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[run_benchmark] %(message)s")
+    # SIGTERM (kill) as an exception: the running training is stopped and its time recorded
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    from cascade_zoo.model_zoo import cache_dir, register_handler
+
+    register_handler()
+    runs_dir = Path(args.runs_dir or os.path.join(cache_dir(), "benchmark_runs"))
+    results_dir = Path(args.results_dir)
+    device = args.device or default_device()
+    failed = []
+    if not args.report_only:
+        for config in args.configs:
+            for seed in args.seeds:
+                try:
+                    run = Run(config, seed, results_dir, runs_dir, args.opts)
+                    execute(run, device=device)
+                except Exception as e:  # one failed run must not stop the matrix
+                    logger.error(f"{config} seed {seed}: FAILED: {e}")
+                    failed.append((config, seed))
+    if not args.no_report:
+        grouped = load_results(results_dir)
+        figures = plot_results(grouped, Path(args.figures_dir), args.baseline)
+        write_results_md(grouped, Path(args.results_md), figures,
+                         "python tools/run_benchmark.py --report-only")  # fmt: skip
+        write_model_zoo_md(grouped, Path(args.model_zoo_md))
+        logger.info(f"Wrote {args.results_md}, {args.model_zoo_md} and {len(figures)} plots")
+    for config, seed in failed:
+        logger.error(f"not done: {config} seed {seed} (run the same command again to resume)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
