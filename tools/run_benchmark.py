@@ -278,9 +278,21 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
         "inference_s_per_image": _inference_s_per_image(run.output_dir),
         **{k: round(v, 1) for k, v in extra.items()},
         "checkpoint_sha256": _sha256(checkpoint) if checkpoint.is_file() else None,
+        "pretrained_sha256": _pretrained_sha256(run),
         "metrics": {"bbox": bbox, "stages": stages},
         "curve": curve,
     }
+
+
+def _pretrained_sha256(run: Run) -> Optional[str]:
+    """The sha256 of the project-made pretrained file the run started from (None if none)."""
+    weights = run.diff.get("MODEL.WEIGHTS", "")
+    if weights not in PRETRAINED:
+        return None
+    from detectron2.utils.file_io import PathManager
+
+    local = PathManager.get_local_path(weights)
+    return _sha256(Path(local)) if os.path.isfile(local) else None
 
 
 def _sha256(path: Path) -> str:
