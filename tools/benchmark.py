@@ -38,6 +38,7 @@ def _measure_one(args):
         warmup=args.warmup,
         infer_images=args.infer_images,
         flops=not args.no_flops,
+        clock=args.clock,
     )
     print("BENCHMARK_JSON " + json.dumps(out))
 
@@ -48,7 +49,11 @@ def _measure_interleaved(args):
 
     cfgs = [setup_cfg(path, args.opts) for path in args.interleaved_run.split(",")]
     out = measure_interleaved(
-        cfgs, train_iters=args.train_iters, warmup=args.warmup, infer_images=args.infer_images
+        cfgs,
+        train_iters=args.train_iters,
+        warmup=args.warmup,
+        infer_images=args.infer_images,
+        clock=args.clock,
     )
     print("BENCHMARK_JSON " + json.dumps(out))
 
@@ -120,6 +125,13 @@ def main(argv=None):
         help="time all configs in one process on the same inputs, taking turns at every step "
         "(for ratios: removes process-to-process noise); memory still per config process",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed seconds; cpu: CPU seconds of the measuring process, all threads "
+        "(the cost of the code itself on a machine shared with other work)",
+    )
     parser.add_argument("--interleaved-run", help=argparse.SUPPRESS)  # comma-separated configs
     parser.add_argument("--output", help="Markdown file to write (default: print only)")
     parser.add_argument("--title", default="CPU configs on the shapes dataset")
@@ -140,7 +152,7 @@ def main(argv=None):
     for round_ in range(args.repeat):
         for path in args.configs:
             counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
-            counts += ["--infer-images", args.infer_images]
+            counts += ["--infer-images", args.infer_images, "--clock", args.clock]
             flags = ["--no-flops"] if args.no_flops else []
             cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *flags]
             cmd += args.opts
@@ -155,7 +167,7 @@ def main(argv=None):
     )
     if args.interleave:
         counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
-        counts += ["--infer-images", args.infer_images]
+        counts += ["--infer-images", args.infer_images, "--clock", args.clock]
         for round_ in range(args.repeat):
             print(f"benchmarking interleaved (round {round_ + 1}/{args.repeat}) ...", flush=True)
             cmd = [sys.executable, __file__, *map(str, counts)]
@@ -174,6 +186,10 @@ def main(argv=None):
             f"(train: median of {args.train_iters} steps after {args.warmup} warm-up; inference: "
             f"median over {args.infer_images} test images), mean of {args.repeat} rounds; peak "
             "memory, parameters and FLOPs: each config in its own process."
+        )
+    if args.clock == "cpu":
+        timing += (
+            " Times are CPU seconds of the measuring process (all its threads), not elapsed time."
         )
     table = _table(rows, args.baseline) + "\n\n" + _breakdown(rows)
     command = "python tools/benchmark.py " + " ".join(

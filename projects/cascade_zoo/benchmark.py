@@ -46,38 +46,44 @@ def _sync(model):
         torch.cuda.synchronize()
 
 
-def _train_step(model, optimizer, batch) -> float:
-    """Seconds of one training step (forward, backward, SGD step)."""
+#: "wall": elapsed seconds; "cpu": CPU seconds of this process, all its threads together (on a
+#: machine shared with other work, the cost of the measured code itself).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _train_step(model, optimizer, batch, clock=time.perf_counter) -> float:
+    """Seconds of one training step (forward, backward, SGD step) by ``clock``."""
     model.train()
     _sync(model)
-    start = time.perf_counter()
+    start = clock()
     losses = sum(model(batch).values())
     optimizer.zero_grad()
     losses.backward()
     optimizer.step()
     _sync(model)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 @torch.no_grad()
-def _inference(model, batch) -> float:
-    """Seconds of one inference."""
+def _inference(model, batch, clock=time.perf_counter) -> float:
+    """Seconds of one inference by ``clock``."""
     model.eval()
     _sync(model)
-    start = time.perf_counter()
+    start = clock()
     model(batch)
     _sync(model)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure_interleaved(
-    cfgs, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20
+    cfgs, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20, clock: str = "wall"
 ) -> List[Dict]:
     """Time several configs in one process on the same inputs, taking turns at every step (the
     order rotating), so that the machine's drift and process-to-process noise hit all alike.
     Inputs come from the first config's datasets; models start from the first model's weights
     where parameter names and shapes agree. Returns, per config, train_s_per_iter and
-    infer_ms_per_image (medians)."""
+    infer_ms_per_image (medians, by ``clock``, a key of CLOCKS)."""
+    tick = CLOCKS[clock]
     torch.manual_seed(0)
     first = cfgs[0]
     for name in (*first.DATASETS.TRAIN, *first.DATASETS.TEST):
@@ -100,10 +106,10 @@ def measure_interleaved(
     with EventStorage(0):
         for i, batch in enumerate(batches):
             for j in [(i + k) % n for k in range(n)]:
-                train[j].append(_train_step(models[j], optimizers[j], batch))
+                train[j].append(_train_step(models[j], optimizers[j], batch, tick))
     for i, batch in enumerate(tests):
         for j in [(i + k) % n for k in range(n)]:
-            infer[j].append(_inference(models[j], batch))
+            infer[j].append(_inference(models[j], batch, tick))
     return [
         {
             "train_s_per_iter": statistics.median(t[warmup:]) if train_iters else float("nan"),
@@ -114,14 +120,22 @@ def measure_interleaved(
 
 
 def measure(
-    cfg, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20, flops: bool = True
+    cfg,
+    *,
+    train_iters: int = 10,
+    warmup: int = 3,
+    infer_images: int = 20,
+    flops: bool = True,
+    clock: str = "wall",
 ) -> Dict:
     """Time training steps and inference of ``cfg``'s model on its own datasets.
 
     Returns a dict: params (total, trainable), params_by_group, gflops and gflops_by_group
     (fvcore, on the first test image, if ``flops``), train_s_per_iter and infer_ms_per_image
-    (medians over the timed steps), peak_memory_mb and peak_memory_kind ("cuda" or "cpu_rss").
+    (medians over the timed steps, by ``clock``, a key of CLOCKS), peak_memory_mb and
+    peak_memory_kind ("cuda" or "cpu_rss").
     """
+    tick = CLOCKS[clock]
     torch.manual_seed(0)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         prepare_shapes(name)
@@ -150,11 +164,11 @@ def measure(
         batches = list(itertools.islice(ZooTrainer.build_train_loader(cfg), warmup + train_iters))
         optimizer = ZooTrainer.build_optimizer(cfg, model)
         with EventStorage(0):
-            times = [_train_step(model, optimizer, batch) for batch in batches]
+            times = [_train_step(model, optimizer, batch, tick) for batch in batches]
         result["train_s_per_iter"] = statistics.median(times[warmup:])
 
     if infer_images > 0:
-        times = [_inference(model, batch) for batch in test_inputs]
+        times = [_inference(model, batch, tick) for batch in test_inputs]
         result["infer_ms_per_image"] = 1000 * statistics.median(times[warmup:] or times)
 
     if device.type == "cuda":
