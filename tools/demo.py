@@ -25,6 +25,7 @@ import time
 from typing import List, Tuple
 
 import numpy as np
+import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -129,8 +130,10 @@ def run_video(demo: Demo, path: str, output: str) -> int:
         out = output if output.lower().endswith(".mp4") else os.path.join(output, name)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     logger.info(f"{path}: {total} frames at {fps:g} fps")
+    progress = tqdm.tqdm(total=total or None, desc="frames", disable=total < 2)
     while ok:
         count, picture = demo.run(frame)
+        progress.update()
         if out:
             if writer is None:
                 size = (picture.shape[1], picture.shape[0])
@@ -139,6 +142,7 @@ def run_video(demo: Demo, path: str, output: str) -> int:
         frames += 1
         ok, frame = video.read()
     video.release()
+    progress.close()
     if writer is not None:
         writer.release()
     logger.info(f"{path}: {frames} frames processed" + (f" -> {out}" if out else ""))

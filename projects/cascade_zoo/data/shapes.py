@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -313,6 +314,7 @@ def ensure_shapes(root: str, name: str, spec: ShapesSpec, workers: Optional[int]
         if done.exists():
             return out
         logger.info(f"Generating {spec.num_images} '{name}' images into {out} ...")
+        start = time.perf_counter()
         tmp = out.parent / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -323,6 +325,7 @@ def ensure_shapes(root: str, name: str, spec: ShapesSpec, workers: Optional[int]
         if workers > 1 and spec.num_images >= 64:
             results = _write_in_workers(jobs, workers)
         if results is None:
+            workers = 1
             results = [_write_one(job) for job in jobs]
         images, annotations = [], []
         for info, anns in results:
@@ -349,5 +352,8 @@ def ensure_shapes(root: str, name: str, spec: ShapesSpec, workers: Optional[int]
         done.touch()
         with contextlib.suppress(OSError):
             os.remove(out.parent / f".{out.name}.lock")
-    logger.info(f"Generated '{name}' in {out}")
+        logger.info(
+            f"Generated '{name}': {len(images)} images, {len(annotations)} objects in "
+            f"{time.perf_counter() - start:.1f} s ({workers} process(es))"
+        )
     return out
