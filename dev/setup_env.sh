@@ -93,8 +93,8 @@ PY
     if [ "$env_d2" = 1 ] && ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
         "$venv/bin/python" -m ensurepip --default-pip
     fi
-    echo "$mode" >"$mode_file"
 fi
+echo "$mode" >"$mode_file"
 vpy="$venv/bin/python"
 pip_install() { "$vpy" -m pip install --disable-pip-version-check "$@"; }
 
