@@ -255,7 +255,11 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
             stages.setdefault(parts[0], {})[parts[2]] = last[key]
     times = [r["time"] for r in records if "time" in r and "bbox/AP" not in r]
     curve = [
-        {"iteration": r["iteration"] + 1, **{k: r.get(f"bbox/{k}") for k in AP_COLUMNS}}
+        # Detectron2 logs the final evaluation one iteration after the last
+        {
+            "iteration": min(r["iteration"] + 1, run.max_iter),
+            **{k: r.get(f"bbox/{k}") for k in AP_COLUMNS},
+        }
         for r in evals
     ]
     checkpoint = run.output_dir / "model_final.pth"
@@ -273,7 +277,7 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
         "host": socket.gethostname(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "wall_time_s": round(wall_time_s, 1) if wall_time_s else None,
-        "max_iter": max((r.get("iteration", -1) for r in records), default=-1) + 1,
+        "max_iter": run.max_iter,
         "train_s_per_iter": round(statistics.median(times), 4) if times else None,
         "inference_s_per_image": _inference_s_per_image(run.output_dir),
         **{k: round(v, 1) for k, v in extra.items()},
@@ -650,12 +654,20 @@ cascade_zoo://<name>/seed0/model_final.pth`.
 ## Detectron2's model zoo
 
 Detectron2's own Faster/Mask/Cascade Mask R-CNN checkpoints load by name into this project's
-equivalent configs: `model_zoo.get_checkpoint_url(config)` (and `get(config, trained=True)`)
-gives the `detectron2://` file of the model in the right column. For the box-cascade core, the
-config equivalent to Detectron2's `CascadeROIHeads` is
-`configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x_detectron2.yaml`: it loads the checkpoints of
-`configs/Baselines/cascade_rcnn_R_50_FPN_1x.yaml` (same parameter names); for a Cascade *Mask*
-R-CNN checkpoint of Detectron2 set `MODEL.MASK_ON True` with it.
+configs of the same models: `model_zoo.get_checkpoint_url(config)` (and
+`model_zoo.get(config, trained=True)`) gives the `detectron2://` file of the model in the right
+column (downloaded by Detectron2's PathManager on first use). The box-cascade core configured as
+Detectron2's `CascadeROIHeads` is `configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x_detectron2.yaml`:
+it keeps Detectron2's parameter names, so a checkpoint of a Detectron2 cascade loads into it
+with no missing or unexpected keys, e.g. `train_net.py --config-file
+configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x_detectron2.yaml --eval-only MODEL.WEIGHTS
+<checkpoint of configs/Baselines/cascade_rcnn_R_50_FPN_1x.yaml>`. For a Cascade *Mask* R-CNN
+checkpoint, use the Baselines mask config with the core's keys of that file
+(`MODEL.META_ARCHITECTURE BoxCascadeRCNN MODEL.ROI_HEADS.NAME BoxCascadeROIHeads` and its
+three `MODEL.BOX_CASCADE.*` lines).
+`tests/box_cascade/test_core_equivalence.py` checks both (box and mask) with checkpoints made
+from Detectron2's own heads; Detectron2's published files themselves were not downloaded here
+(no network).
 
 {d2_table}
 """
