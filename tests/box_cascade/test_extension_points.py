@@ -485,7 +485,8 @@ def _ddp_worker(rank, world, port, queue):
     GradientScale(model[1].parameters(), value=5.0)
     x = torch.full((2, 3), float(rank + 1))
     ddp(x).sum().backward()
-    queue.put((rank, [p.grad.clone() for p in model.parameters()]))
+    # plain lists: a tensor sent through the queue needs its sender alive until it is received
+    queue.put((rank, [p.grad.tolist() for p in model.parameters()]))
     dist.destroy_process_group()
 
 
@@ -502,7 +503,8 @@ def test_gradient_scale_under_ddp_equals_the_scaled_mean_gradient():
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    results = {rank: [torch.tensor(g) for g in grads]
+               for rank, grads in (queue.get(timeout=300) for _ in procs)}  # fmt: skip
     for p in procs:
         p.join(timeout=60)
     torch.manual_seed(0)
