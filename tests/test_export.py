@@ -24,6 +24,9 @@ CASES = [
     ("CascadeRCNN/cascade_rcnn_instant_test.yaml", "onnx"),
     ("CascadeRCNN/cascade_mask_rcnn_instant_test.yaml", "torchscript"),
     ("Baselines/cascade_mask_rcnn_instant_test.yaml", "torchscript"),
+    # the core's other registered heads
+    ("CascadeRCNN/cascade_rcnn_parallel_modules_instant_test.yaml", "torchscript"),
+    ("CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_integral_loss_shapes.yaml", "torchscript"),
 ]
 
 
