@@ -642,6 +642,7 @@ each finished run. Use them as in Detectron2:
 
 ```python
 from cascade_zoo import model_zoo
+
 cfg = model_zoo.get_config("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
 model = model_zoo.get("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
 ```
