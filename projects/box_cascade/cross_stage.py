@@ -19,6 +19,7 @@ import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.structures import Instances
 
 from cascade_zoo.evaluation import PerIoUCOCOEvaluator
@@ -52,10 +53,8 @@ def cross_stage_detections(model, inputs, add_gt: bool = False) -> List[Dict[Cel
     for i, record in enumerate(records):
         stage_proposals = record.proposals
         if add_gt:
-            stage_proposals = [
-                _with_ground_truth(p, x["instances"].gt_boxes.to(p.proposal_boxes.device))
-                for p, x in zip(stage_proposals, inputs)
-            ]
+            gt = [x["instances"].gt_boxes.to(model.device) for x in inputs]
+            stage_proposals = add_ground_truth_to_proposals(gt, stage_proposals)
         box_features = heads._pool(feats, stage_proposals)
         memory = {}
         for j in range(num):
@@ -69,12 +68,6 @@ def cross_stage_detections(model, inputs, add_gt: bool = False) -> List[Dict[Cel
                 )
                 per_image[(i + 1, j + 1)] = detector_postprocess(inst, height, width)
     return out
-
-
-def _with_ground_truth(proposals: Instances, gt_boxes) -> Instances:
-    gt = Instances(proposals.image_size, proposal_boxes=gt_boxes)
-    gt.objectness_logits = torch.ones(len(gt), device=gt_boxes.device)
-    return Instances.cat([proposals, gt])
 
 
 def _test_loader_with_annotations(cfg, dataset_name: str):
