@@ -12,7 +12,6 @@ Without CUDA the model runs on the CPU, and --num-gpus N starts N CPU processes 
 
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -20,6 +19,7 @@ from detectron2.utils import comm
 from cascade_zoo import setup_cfg, setup_project_loggers
 from cascade_zoo.data import register_coco_dataset
 from cascade_zoo.engine import ZooTrainer, launch, started_by_torchrun
+from cascade_zoo.engine.checkpoint import build_checkpointer
 
 logger = logging.getLogger("cascade_zoo")
 
@@ -51,7 +51,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = ZooTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        build_checkpointer(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = ZooTrainer.test(cfg, model)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from datetime import date
 
-from cascade_zoo.utils.markdown import format_number, markdown_table
+from cascade_zoo.utils.markdown import format_number, markdown_table, write_markdown_section
 
 DEFAULT_CONFIGS = [
     "configs/Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
@@ -201,21 +201,7 @@ def main(argv=None):
     )
     print(text)
     if args.output:
-        _write_section(args.output, args.title, text)
-
-
-def _write_section(path, title, text):
-    """Put ``text`` (which starts with "## title") into the Markdown file, replacing the section
-    of the same title if there is one."""
-    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    start = old.find(f"## {title}\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[:start] + text + ("" if end < 0 else old[end:])
-    with open(path, "w") as f:
-        f.write(new)
+        write_markdown_section(args.output, args.title, text)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 import sys
 from collections import OrderedDict
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
@@ -22,6 +21,7 @@ from box_cascade.cross_stage import cross_stage_tables, evaluate_cross_stage
 from cascade_zoo import setup_cfg
 from cascade_zoo.analysis import plot_ap_curves
 from cascade_zoo.analysis.ap_iou import AP_KEYS
+from cascade_zoo.engine.checkpoint import build_checkpointer
 
 
 def main(argv=None):
@@ -48,7 +48,7 @@ def main(argv=None):
     model = build_model(cfg)
     if not hasattr(model.roi_heads, "run_test_stages"):
         sys.exit(f"error: {cfg.MODEL.ROI_HEADS.NAME} is not a box-cascade core head")
-    DetectionCheckpointer(model).load(weights)
+    build_checkpointer(cfg, model).load(weights)
     os.makedirs(args.output_dir, exist_ok=True)
     report = OrderedDict()
     for add_gt in [False, True] if args.add_gt else [False]:

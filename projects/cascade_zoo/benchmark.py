@@ -13,7 +13,6 @@ import time
 from typing import Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -21,6 +20,7 @@ from detectron2.utils.events import EventStorage
 from .analysis.cost import flop_breakdown, parameter_breakdown
 from .data import prepare_shapes
 from .engine import ZooTrainer
+from .engine.checkpoint import build_checkpointer
 
 
 def machine_description() -> str:
@@ -141,7 +141,7 @@ def measure(
         prepare_shapes(name)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     device = next(model.parameters()).device
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

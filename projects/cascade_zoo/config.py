@@ -19,6 +19,20 @@ def add_cascade_zoo_config(cfg: CN) -> None:
     # "error" (raise, naming the file) or "skip" (log a warning naming it, use another image).
     # Evaluation always raises.
     cfg.ZOO.ON_BAD_IMAGE = "error"
+    # The training data stream: "resumable" (cascade_zoo.data.stream: the images and
+    # augmentations of iteration i are a function of the seed and i, so --resume continues the
+    # stream where it stopped and N processes see together what one process sees) or
+    # "detectron2" (Detectron2's TrainingSampler + AspectRatioGroupedDataset, which restart from
+    # the beginning on --resume).
+    cfg.ZOO.DATA_STREAM = "resumable"
+    cfg.ZOO.CHECKPOINT = CN()
+    # Checkpoints load with torch.load(weights_only=True) (model-zoo .pkl files with an unpickler
+    # that accepts numpy arrays only): a file that needs arbitrary unpickling, which can run code,
+    # is refused. True: load such files anyway (only for files from a source you trust).
+    cfg.ZOO.CHECKPOINT.ALLOW_UNSAFE_PICKLE = False
+    # True: missing keys, unexpected keys or shape mismatches when loading MODEL.WEIGHTS are an
+    # error (default: logged, and what matches is loaded, as Detectron2 does for fine-tuning).
+    cfg.ZOO.CHECKPOINT.STRICT = False
 
 
 # The project's packages, each with ``add_<package>_config``; importing one registers its heads.

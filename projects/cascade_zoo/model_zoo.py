@@ -176,12 +176,13 @@ def get_config(config_path: str, trained: bool = False, seed: int = 0):
 def get(config_path: str, trained: bool = False, device: Optional[str] = None, seed: int = 0):
     """The model of a config (in eval mode is left to the caller, as in Detectron2), with its
     trained weights loaded if ``trained``; on ``device`` (default: the config's)."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    from .engine.checkpoint import build_checkpointer
 
     cfg = get_config(config_path, trained, seed)
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     return model

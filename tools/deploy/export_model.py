@@ -30,7 +30,6 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -40,6 +39,7 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.engine.checkpoint import build_checkpointer
 
 # Tracing warns about every Python value it records as a constant; the equivalence checks are what
 # tell whether that matters.
@@ -56,7 +56,7 @@ TOLERANCE = {"pred_boxes": 1e-2, "scores": 1e-4, "pred_masks": 1e-3}  # pixels, 
 def load_model(cfg) -> nn.Module:
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 

@@ -8,7 +8,6 @@ import os
 from typing import Dict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
@@ -41,11 +40,12 @@ def collect_iou_stats(cfg, num_batches: int, weights: str = "") -> Dict:
         AnalysisInputError: the model's ROI heads record no IoU statistics.
     """
     from ..engine import ZooTrainer
+    from ..engine.checkpoint import build_checkpointer
 
     model = build_model(cfg)
     path = weights or cfg.MODEL.WEIGHTS
     if path:
-        DetectionCheckpointer(model).load(path)
+        build_checkpointer(cfg, model).load(path)
     stats = getattr(model.roi_heads, "iou_stats", None)
     if stats is None:
         raise AnalysisInputError(

@@ -5,9 +5,11 @@ from .datasets import (
     SHAPES_SPLITS,
     check_dataset_files,
     datasets_root,
+    load_checked_coco_json,
     prepare_shapes,
     register_coco_dataset,
     register_shapes,
+    validate_dataset_dicts,
 )
 from .mapper import BadImageError, CheckedDatasetMapper
 from .shapes import CLASSES as SHAPES_CLASSES
@@ -21,7 +23,9 @@ __all__ = [
     "CheckedDatasetMapper",
     "check_dataset_files",
     "datasets_root",
+    "load_checked_coco_json",
     "prepare_shapes",
     "register_coco_dataset",
     "register_shapes",
+    "validate_dataset_dicts",
 ]

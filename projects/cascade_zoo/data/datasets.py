@@ -5,8 +5,10 @@ Detectron2's builtin registrations (COCO, Pascal VOC, ... under ``$DETECTRON2_DA
 as they are; this module only adds to the catalogs.
 """
 
+import math
 import os
 from pathlib import Path
+from typing import Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -97,8 +99,48 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"--register-coco: dataset name '{name}' is already registered "
             f"(json_file={meta.get('json_file')}); choose another name"
         )
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    DatasetCatalog.register(name, lambda: load_checked_coco_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+def load_checked_coco_json(json_file: str, image_root: str, name: str) -> List[Dict]:
+    """Detectron2's ``load_coco_json``, with a clear error when the file is not a COCO
+    instances file (not JSON, or without "images" / "annotations" / "categories")."""
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except (KeyError, TypeError, AssertionError, IndexError, AttributeError, ValueError) as e:
+        if isinstance(e, KeyError) and "category_id" in str(e):
+            raise  # Detectron2's own message names the unknown category id
+        raise ValueError(
+            f"Dataset '{name}': '{json_file}' is not a COCO instances file ({type(e).__name__}: "
+            f'{e}). It must be a JSON object with "images", "annotations" and '
+            '"categories" lists (https://cocodataset.org/#format-data).'
+        ) from e
+
+
+def validate_dataset_dicts(dicts: Sequence[Dict], names: Sequence[str], num_classes: int) -> None:
+    """Check training records before a loader is built.
+
+    Raises:
+        ValueError: naming the image and annotation, for a box with a NaN or infinite
+            coordinate, or a category id the model has no class for (>= num_classes).
+    Degenerate boxes (zero or negative width/height, or outside the image) are correct input:
+    Detectron2 clips boxes to the image and drops empty ones.
+    """
+    label = ", ".join(names)
+    for record in dicts:
+        for i, ann in enumerate(record.get("annotations", [])):
+            where = f"dataset {label}, image '{record.get('file_name')}', annotation {i}"
+            box = ann.get("bbox")
+            if box is not None and not all(math.isfinite(float(v)) for v in box):
+                raise ValueError(f"{where}: bbox {list(box)} has a NaN or infinite coordinate")
+            cls = ann.get("category_id")
+            if cls is not None and not 0 <= cls < num_classes:
+                raise ValueError(
+                    f"{where}: category {cls} (contiguous id) but the model has "
+                    f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}: set NUM_CLASSES to the "
+                    "dataset's number of classes"
+                )
 
 
 def check_dataset_files(name: str) -> None:

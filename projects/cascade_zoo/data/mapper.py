@@ -34,7 +34,6 @@ class CheckedDatasetMapper(DatasetMapper):
             raise ValueError("ZOO.ON_BAD_IMAGE 'skip' needs the dataset to draw replacements from")
         self.on_bad_image = policy if is_train else "error"
         self.fallback_dataset = fallback_dataset
-        self._rng = random.Random(0)
 
     def __call__(self, dataset_dict):
         for _ in range(MAX_CONSECUTIVE_SKIPS + 1):
@@ -49,7 +48,9 @@ class CheckedDatasetMapper(DatasetMapper):
                         "images in training."
                     ) from e
                 logger.warning(f"Skipping unreadable image '{path}': {e}")
-                index = self._rng.randrange(len(self.fallback_dataset))
+                # Python's RNG: the resumable data stream seeds it per position, so the
+                # replacement is the same in a resumed or multi-process run.
+                index = random.randrange(len(self.fallback_dataset))
                 dataset_dict = self.fallback_dataset[index]
         raise BadImageError(
             f"{MAX_CONSECUTIVE_SKIPS + 1} unreadable images in a row (last: '{path}'): "

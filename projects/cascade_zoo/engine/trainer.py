@@ -5,7 +5,6 @@ import logging
 import os
 import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     DatasetFromList,
     MetadataCatalog,
@@ -20,11 +19,16 @@ from detectron2.evaluation import DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.datasets import check_dataset_files
+from ..data.datasets import check_dataset_files, validate_dataset_dicts
 from ..data.mapper import CheckedDatasetMapper
+from ..data.stream import ResumableBatchSampler, build_stream_loader
 from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator
 from ..utils.env import compiled_ops_available
+from .checkpoint import build_checkpointer
 from .optim import build_optimizer_with_lr_multipliers
+from .resume import ResumeStateHook, preserved_rng
+
+DATA_STREAMS = ("resumable", "detectron2")
 
 
 class ZooTrainer(DefaultTrainer):
@@ -34,8 +38,13 @@ class ZooTrainer(DefaultTrainer):
     - :class:`CheckedDatasetMapper` (unreadable images: an error naming the file, or a skip);
     - COCO evaluation through pycocotools when Detectron2's compiled fast evaluation is missing;
     - DistributedDataParallel on CPU processes (gloo), which Detectron2 v0.6 does not set up;
-    - the optimizer state in checkpoints, so that ``--resume`` continues exactly (Detectron2 v0.6
-      saves only the iteration and the scheduler; current Detectron2 does the same as here).
+    - the optimizer state in checkpoints (Detectron2 v0.6 saves only the iteration and the
+      scheduler; current Detectron2 does the same as here), every process's RNG states and a
+      data stream that resumes where it stopped (``ZOO.DATA_STREAM``), so that ``--resume``
+      trains the model an uninterrupted run trains;
+    - :class:`~cascade_zoo.engine.checkpoint.ZooCheckpointer`: atomic saves, fallback to the
+      newest good checkpoint at resume, weights-only loading, optional strict loading;
+    - evaluation that leaves the training RNGs as they were.
     """
 
     def __init__(self, cfg):
@@ -54,8 +63,8 @@ class ZooTrainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = build_checkpointer(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -82,21 +91,34 @@ class ZooTrainer(DefaultTrainer):
             check_dataset_files(name)
         # The dataset dicts as Detectron2's loader builds them; built here so that the mapper can
         # draw replacements for unreadable images from them.
-        dataset = DatasetFromList(
-            get_detection_dataset_dicts(
-                cfg.DATASETS.TRAIN,
-                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
-                if cfg.MODEL.KEYPOINT_ON
-                else 0,
-                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN
-                if cfg.MODEL.LOAD_PROPOSALS
-                else None,
-            ),
-            copy=False,
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
+        validate_dataset_dicts(dicts, cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        dataset = DatasetFromList(dicts, copy=False)
         mapper = CheckedDatasetMapper(cfg, is_train=True, fallback_dataset=dataset)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+        if cfg.ZOO.DATA_STREAM not in DATA_STREAMS:
+            raise ValueError(
+                f"ZOO.DATA_STREAM must be one of {DATA_STREAMS}, got {cfg.ZOO.DATA_STREAM!r}"
+            )
+        if cfg.ZOO.DATA_STREAM == "detectron2":
+            return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_stream_loader(
+            dataset,
+            mapper,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            seed=seed,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -137,15 +159,30 @@ class ZooTrainer(DefaultTrainer):
         through an ``lr_multipliers()`` method (e.g. the paper's 1/w_t per cascade stage)."""
         return build_optimizer_with_lr_multipliers(cfg, model)
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, leaving every RNG of the process as it was (so a periodic
+        evaluation does not change what training draws next)."""
+        with preserved_rng():
+            return super().test(cfg, model, evaluators)
+
     def build_hooks(self):
         """Detectron2's hooks, plus those model modules give through ``training_hooks()`` (see
-        cascade_zoo.engine.contract), placed before the checkpointer so that their state is
-        current when it saves."""
+        cascade_zoo.engine.contract) and the resume state (RNGs, data stream), placed before the
+        checkpointer so that their state is current when it saves."""
         hooks = super().build_hooks()
         model = self.model.module if hasattr(self.model, "module") else self.model
         extra = [
             h for m in model.modules() if hasattr(m, "training_hooks") for h in m.training_hooks()
         ]
+        loader = self._trainer.data_loader
+        stream = (
+            loader
+            if isinstance(getattr(loader, "batch_sampler", None), ResumableBatchSampler)
+            else None
+        )
+        seed = stream.batch_sampler.order.seed if stream is not None else 0
+        extra.append(ResumeStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, stream, seed))
         index = next(
             (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks) - 1
         )

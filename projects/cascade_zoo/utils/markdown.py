@@ -1,6 +1,7 @@
 """The one Markdown-table writer of the project: every tool and report builds its tables here."""
 
 import math
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 
@@ -31,3 +32,17 @@ def markdown_table(
             )
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def write_markdown_section(path: str, title: str, text: str) -> None:
+    """Put ``text`` (which starts with "## title") into the Markdown file ``path``, replacing the
+    section of the same title if there is one (up to the next "## " heading)."""
+    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    start = old.find(f"## {title}\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + text + ("" if end < 0 else old[end:])
+    with open(path, "w") as f:
+        f.write(new)
