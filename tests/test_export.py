@@ -27,6 +27,8 @@ CASES = [
     # the core's other registered heads
     ("CascadeRCNN/cascade_rcnn_parallel_modules_instant_test.yaml", "torchscript"),
     ("CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_integral_loss_shapes.yaml", "torchscript"),
+    ("RGA_PRM/faster_rcnn_rga_prm_instant_test.yaml", "onnx"),
+    ("RGA_PRM/cascade_rcnn_rga_prm_instant_test.yaml", "torchscript"),
 ]
 
 

@@ -18,6 +18,7 @@ from detectron2.engine.hooks import PeriodicCheckpointer
 from detectron2.evaluation import DatasetEvaluators, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import Registry
 
 from ..data.datasets import check_dataset_files, validate_dataset_dicts
 from ..data.mapper import CheckedDatasetMapper
@@ -29,6 +30,11 @@ from .optim import build_optimizer_with_lr_multipliers
 from .resume import ResumeStateHook, preserved_rng
 
 DATA_STREAMS = ("resumable", "detectron2")
+
+TRAINING_HOOK_REGISTRY = Registry("TRAINING_HOOK")
+TRAINING_HOOK_REGISTRY.__doc__ = """Functions ``(cfg) -> list of Detectron2 hooks`` registered by
+project packages for training methods that are not part of a model (e.g. RGA's gradient
+annealing); ZooTrainer registers what each returns, before its checkpointer."""
 
 
 class ZooTrainer(DefaultTrainer):
@@ -175,6 +181,8 @@ class ZooTrainer(DefaultTrainer):
         extra = [
             h for m in model.modules() if hasattr(m, "training_hooks") for h in m.training_hooks()
         ]
+        for _, build in TRAINING_HOOK_REGISTRY:
+            extra += list(build(self.cfg) or [])
         loader = self._trainer.data_loader
         stream = (
             loader
