@@ -1,6 +1,7 @@
 """Datasets: the embedded shapes splits (registered at import, as Detectron2 registers its
 builtin datasets), command-line COCO registration and dataset checks."""
 
+from .crowdhuman import load_odgt, register_crowdhuman, register_crowdhuman_splits
 from .datasets import (
     SHAPES_SPLITS,
     check_dataset_files,
@@ -15,6 +16,7 @@ from .mapper import BadImageError, CheckedDatasetMapper
 from .shapes import CLASSES as SHAPES_CLASSES
 
 register_shapes()
+register_crowdhuman_splits(datasets_root())
 
 __all__ = [
     "SHAPES_SPLITS",
@@ -23,6 +25,8 @@ __all__ = [
     "CheckedDatasetMapper",
     "check_dataset_files",
     "datasets_root",
+    "load_odgt",
+    "register_crowdhuman",
     "load_checked_coco_json",
     "prepare_shapes",
     "register_coco_dataset",

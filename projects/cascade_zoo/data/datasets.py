@@ -34,6 +34,12 @@ _HOW_TO_GET = {
         "VOC2012 (each with Annotations/, ImageSets/Main/, JPEGImages/), from "
         "http://host.robots.ox.ac.uk/pascal/VOC/ (DETECTRON2_DATASETS={root})"
     ),
+    "crowdhuman": (
+        "CrowdHuman: download the CrowdHuman_train0*.zip / CrowdHuman_val.zip images and "
+        "annotation_{{train,val}}.odgt from https://www.crowdhuman.org/ and unpack them as "
+        "$DETECTRON2_DATASETS/CrowdHuman/{{Images/,annotation_train.odgt,annotation_val.odgt}} "
+        "(DETECTRON2_DATASETS={root})"
+    ),
     "other": (
         "check the paths this dataset was registered with (for --register-coco: "
         "NAME JSON_FILE IMAGE_ROOT)"
@@ -162,7 +168,8 @@ def check_dataset_files(name: str) -> None:
         prepare_shapes(name)
         return
     paths = [meta.get(k) for k in ("json_file", "image_root", "dirname") if meta.get(k)]
-    kind = "coco" if name.startswith("coco_") else "voc" if name.startswith("voc_") else "other"
+    prefixes = {"coco_": "coco", "voc_": "voc", "crowdhuman_": "crowdhuman"}
+    kind = next((k for p, k in prefixes.items() if name.startswith(p)), "other")
     for path in paths:
         if "://" in str(path):
             continue

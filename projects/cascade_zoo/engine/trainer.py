@@ -24,6 +24,7 @@ from ..data.datasets import check_dataset_files, validate_dataset_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.stream import ResumableBatchSampler, build_stream_loader
 from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator
+from ..evaluation_mr import MissRateEvaluator
 from ..utils.env import compiled_ops_available
 from .checkpoint import build_checkpointer
 from .optim import build_optimizer_with_lr_multipliers
@@ -143,10 +144,12 @@ class ZooTrainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "crowdhuman":
+            return MissRateEvaluator(dataset_name)
         if evaluator_type != "coco":
             raise NotImplementedError(
                 f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; this project "
-                "evaluates 'coco' and 'pascal_voc' datasets"
+                "evaluates 'coco', 'pascal_voc' and 'crowdhuman' datasets"
             )
         evaluators = [
             PerIoUCOCOEvaluator(
