@@ -180,3 +180,20 @@ def test_merge_and_single_module_evaluation_against_a_literal_statement(eval_mod
 def test_bad_prm_configs_name_the_key(opts, message):
     with pytest.raises(ValueError, match=message):
         _model(_cfg(FASTER, *opts))
+
+
+def test_module_scores_are_each_modules_own_probabilities(tmp_path):
+    from rga_prm.analysis import module_scores, score_difference_summary
+
+    cfg = _cfg(FASTER)
+    model = _model(cfg)
+    _spread(model)
+    scores = module_scores(model, cfg, "shapes_tiny_val", 2)
+    assert list(scores) == ["module0 (fraction 0.5)", "module1 (fraction 0.1)"]
+    a, b = scores.values()
+    assert len(a) == len(b) > 0 and ((0 <= a) & (a <= 1)).all()
+    assert not (a == b).all()  # two modules, two sets of weights
+    summary = score_difference_summary(scores)
+    assert summary["share_differing"] == pytest.approx(float((abs(a - b) > 0.1).mean()))
+    with pytest.raises(ValueError, match="at least 2 parallel modules"):
+        module_scores(_model(_cfg(D2_FASTER)), _cfg(D2_FASTER), "shapes_tiny_val", 1)
