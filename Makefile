@@ -45,6 +45,8 @@ benchmark: setup
 # pretrained backbone first), resumes killed ones, writes benchmarks/results/, docs/results.md and
 # MODEL_ZOO.md. Run it again to go on where it stopped.
 RESULTS_CONFIGS := Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \
-	Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml
+	Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml \
+	Benchmark/faster_rcnn_R_18_FPN_rga_shapes.yaml Benchmark/faster_rcnn_R_18_FPN_prm_shapes.yaml \
+	Benchmark/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml
 results: setup
 	$(PY) tools/run_benchmark.py --configs $(RESULTS_CONFIGS) --seeds 0 1 2

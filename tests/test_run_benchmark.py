@@ -186,3 +186,37 @@ def test_reports_mean_std_per_iou_and_stages(rb, tmp_path):
     rb.write_model_zoo_md(grouped, zoo)
     url = "cascade_zoo://CascadeRCNN/cascade_rcnn_instant_test/seed1/model_final.pth"
     assert url in zoo.read_text()
+
+
+def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained(
+    rb, tmp_path, monkeypatch
+):
+    zoo = tmp_path / "zoo"
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(zoo))
+    weights = "cascade_zoo://Test/backbone.pth"
+    monkeypatch.setitem(rb.PRETRAINED, weights, (CONFIG, 0, "backbone.bottom_up."))
+    made = []
+
+    def extract(checkpoint, output, prefix):  # a new backbone file each time it is made
+        made.append(checkpoint)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_bytes(f"backbone {len(made)}".encode())
+
+    monkeypatch.setattr(rb, "extract_weights", extract)
+    trainer = FakeTrainer()
+    run = _run(rb, tmp_path, CASCADE, opts=["MODEL.WEIGHTS", weights])
+    first = _execute(rb, run, trainer)
+    assert len(made) == 1 and first["pretrained_sha256"]
+    assert len(trainer.calls) == 2  # the backbone's run, then the run
+    _execute(rb, run, trainer)
+    assert len(trainer.calls) == 2  # same backbone: skipped
+    # another clone: the backbone file and the pretraining run's checkpoint are gone
+    (zoo / "Test" / "backbone.pth").unlink()
+    source = _run(rb, tmp_path, CONFIG)
+    (source.output_dir / "model_final.pth").unlink()
+    second = _execute(rb, run, trainer)
+    assert len(made) == 2 and len(trainer.calls) == 4  # the backbone retrained, the run redone
+    assert second["pretrained_sha256"] != first["pretrained_sha256"]
+    names = sorted(p.name for p in run.result_path.parent.iterdir())
+    assert names == ["seed0.json", "seed0.other-backbone.json"]
+    assert (source.result_path.parent / "seed0.lost-checkpoint.json").is_file()

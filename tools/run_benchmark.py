@@ -11,7 +11,10 @@ Configs are named relative to configs/. Each run trains with train_net.py (--res
 file benchmarks/results/<name>/seed<k>.json is there, valid and of the same config is skipped. The
 config is identified by the hash of its non-default keys (the resolved config against the
 project's defaults, without OUTPUT_DIR, SEED and MODEL.DEVICE): a result file of another config
-is refused (renamed *.stale.json, then the run is re-done), a missing or unreadable one is re-done.
+is refused (renamed *.stale.json, then the run is re-done), a missing or unreadable one is re-done,
+and so is one trained from another version of the project-made pretrained backbone than the one
+now in use (its sha256 is in the result; renamed *.other-backbone.json): every row of a report
+starts from the same backbone.
 A config whose MODEL.WEIGHTS is a pretrained file the project makes (PRETRAINED) gets it made
 first, by the same machinery. Finished runs publish model_final.pth and metrics.json under the
 model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
@@ -166,16 +169,18 @@ def _set_aside(path: Path, tag: str) -> Path:
 
 
 def _prepare_output_dir(run: Run) -> None:
-    """The run's OUTPUT_DIR, marked with its config hash; one of another config is moved aside
-    (so --resume never continues a different model)."""
+    """The run's OUTPUT_DIR, marked with its config hash (and pretrained backbone); one of another
+    config or backbone is moved aside (so --resume never continues a different model)."""
     marker = run.output_dir / "benchmark_config_hash.txt"
+    # the config and, for a run from a project-made backbone, which version of it
+    identity = " ".join(x for x in (run.hash, _pretrained_sha256(run)) if x)
     if run.output_dir.is_dir() and any(run.output_dir.iterdir()):
-        if not marker.is_file() or marker.read_text().strip() != run.hash:
+        if not marker.is_file() or marker.read_text().strip() != identity:
             aside = run.output_dir.with_name(f"{run.output_dir.name}.stale-{int(time.time())}")
             logger.warning(f"{run.output_dir}: files of another config, moved to {aside}")
             run.output_dir.rename(aside)
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run.hash + "\n")
+    marker.write_text(identity + "\n")
 
 
 def subprocess_trainer(run: Run, device: str) -> Dict[str, float]:
@@ -341,7 +346,16 @@ def execute(
     publish_models: bool = True,
 ) -> dict:
     """Make the run's result file unless a valid one of the same config is there; returns it."""
+    ensure_pretrained(run, device=device, trainer=trainer)
     status, data = read_result(run)
+    if status == "ok" and data.get("pretrained_sha256") != _pretrained_sha256(run):
+        aside = _set_aside(run.result_path, "other-backbone")
+        logger.warning(
+            f"{run.result_path}: trained from another pretrained backbone (sha256 "
+            f"{str(data.get('pretrained_sha256'))[:12]}, now {str(_pretrained_sha256(run))[:12]}); "
+            f"refused and moved to {aside}; running again"
+        )
+        status = "other-backbone"
     if status == "ok":
         logger.info(f"{run.name} seed {run.seed}: done ({run.result_path}), skipped")
         return data
@@ -354,7 +368,6 @@ def execute(
     elif status == "corrupt":
         aside = _set_aside(run.result_path, "corrupt")
         logger.warning(f"{run.result_path}: unreadable ({data}); moved to {aside}; running again")
-    ensure_pretrained(run, device=device, trainer=trainer)
     _prepare_output_dir(run)
     # wall time accumulates over a killed run's segments
     spent = 0.0
@@ -402,7 +415,12 @@ def ensure_pretrained(run: Run, *, device: str, trainer=subprocess_trainer) -> N
                  run.output_dir.parents[len(Path(run.name).parts)])  # fmt: skip
     logger.info(f"{weights} is missing: making it from {config} seed {seed}")
     execute(source, device=device, trainer=trainer)
-    extract_weights(source.output_dir / "model_final.pth", local, prefix)
+    checkpoint = source.output_dir / "model_final.pth"
+    if not checkpoint.is_file():  # its result file is here, its checkpoint is not (another clone)
+        aside = _set_aside(source.result_path, "lost-checkpoint")
+        logger.warning(f"{checkpoint} is missing: {aside} set aside, training it again")
+        execute(source, device=device, trainer=trainer)
+    extract_weights(checkpoint, local, prefix)
 
 
 def extract_weights(checkpoint: Path, output: str, prefix: str) -> None:
