@@ -72,25 +72,47 @@ def _iteration(output_dir: Path) -> int:
 
 
 def summarize(samples, warmup_fraction: float):
-    """Warm-up level, the largest growth above it afterwards, and the slope after warm-up."""
-    t = np.array([s[0] for s in samples])
-    total = np.array([s[3] for s in samples])
-    after = t >= t[-1] * warmup_fraction
-    if after.sum() < 3:
+    """Memory level and growth after warm-up, from samples (seconds, iteration, main MB, total
+    MB, processes).
+
+    The level is that of the training process alone: samples taken while it has more processes
+    than usual (an evaluation's loader worker, a forked copy whose RSS double-counts the pages it
+    shares with its parent) are left out of it and reported only in the peak. Growth is the
+    median of the last fifth of those samples minus the median of the first fifth after
+    warm-up; the slope is a least-squares line through them."""
+    t = np.array([s[0] for s in samples], dtype=float)
+    main = np.array([s[2] for s in samples], dtype=float)
+    total = np.array([s[3] for s in samples], dtype=float)
+    procs = np.array([s[4] for s in samples])
+    started = main > 0
+    usual = np.bincount(procs[started]).argmax() if started.any() else 0
+    after = started & (t >= t[-1] * warmup_fraction) & (procs == usual)
+    if after.sum() < 10:
         raise ValueError("too few samples after warm-up: run longer or sample more often")
-    base = float(np.median(total[after][: max(3, after.sum() // 10)]))
-    peak = float(total[after].max())
-    slope = float(np.polyfit(t[after] / 3600.0, total[after], 1)[0])
+    level = total[after]
+    fifth = max(2, len(level) // 5)
+    base, end = float(np.median(level[:fifth])), float(np.median(level[-fifth:]))
+    slope = float(np.polyfit(t[after] / 3600.0, level, 1)[0])
     return {
         "samples": len(samples),
         "minutes": float(t[-1] / 60.0),
         "warmup_mb": base,
-        "peak_after_warmup_mb": peak,
-        "growth_mb": peak - base,
-        "growth_pct": 100.0 * (peak - base) / base,
+        "end_mb": end,
+        "growth_mb": end - base,
+        "growth_pct": 100.0 * (end - base) / base,
         "slope_mb_per_hour": slope,
-        "final_mb": float(total[-1]),
+        "peak_mb": float(total[started].max()),
     }
+
+
+def _read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [
+        (float(r["seconds"]), int(r["iteration"]), float(r["main_rss_mb"]),
+         float(r["total_rss_mb"]), int(r["processes"]))
+        for r in rows
+    ]  # fmt: skip
 
 
 def main(argv=None):
@@ -106,10 +128,16 @@ def main(argv=None):
     )
     parser.add_argument("--output-dir", default="output/soak")
     parser.add_argument("--output", help="Markdown file to write the section into")
+    parser.add_argument(
+        "--summarize", metavar="CSV", help="only summarize the samples of an earlier run"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        samples = _read_csv(args.summarize)
+        return _report(args, argv, samples, Path(args.summarize))
     cmd = [sys.executable, str(ROOT / "train_net.py"), "--config-file", args.config_file,
            *args.opts, "OUTPUT_DIR", str(out)]  # fmt: skip
     log = open(out / "soak_stdout.txt", "w")
@@ -135,25 +163,30 @@ def main(argv=None):
         writer = csv.writer(f)
         writer.writerow(["seconds", "iteration", "main_rss_mb", "total_rss_mb", "processes"])
         writer.writerows(samples)
+    return _report(args, argv, samples, out / "soak_memory.csv")
+
+
+def _report(args, argv, samples, csv_path) -> int:
     s = summarize(samples, args.warmup)
     verdict = "within" if s["growth_pct"] <= args.bound_pct else "ABOVE"
     table = markdown_table(
-        ["minutes", "iterations", "samples", "RSS after warm-up (MB)", "peak after warm-up (MB)",
-         "growth (MB)", "growth (%)", "slope (MB/hour)", "final (MB)"],
+        ["minutes", "iterations", "samples", "level after warm-up (MB)", "level at the end (MB)",
+         "growth (MB)", "growth (%)", "slope (MB/hour)", "peak, evaluations included (MB)"],
         [[s["minutes"], max(x[1] for x in samples) + 1, s["samples"], s["warmup_mb"],
-          s["peak_after_warmup_mb"], s["growth_mb"], s["growth_pct"], s["slope_mb_per_hour"],
-          s["final_mb"]]],
+          s["end_mb"], s["growth_mb"], s["growth_pct"], s["slope_mb_per_hour"], s["peak_mb"]]],
         cell=lambda v: format_number(v, 1),
     )  # fmt: skip
     command = "python tools/soak.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = (
         f"## {TITLE}\n\nMeasured {date.today().isoformat()} on: {machine_description()}.\n\n"
         f"Command: `{command}`\n\n{table}\n\n"
-        f"Resident memory of the training process and its data-loader workers, sampled every "
-        f"{args.interval:g} s; warm-up is the first {100 * args.warmup:.0f}% of the run (its "
-        f"level: the median of the first samples after it). Growth after warm-up is "
-        f"{s['growth_pct']:.1f}%, {verdict} the stated bound of {args.bound_pct:g}%. Samples: "
-        f"`{out / 'soak_memory.csv'}` (not in git).\n"
+        f"Resident memory (RSS) of the training process and its data-loader workers, sampled "
+        f"every {args.interval:g} s. Warm-up is the first {100 * args.warmup:.0f}% of the run. "
+        "The level leaves out the samples taken during evaluations (when an evaluation loader "
+        "worker runs: a forked process whose RSS counts again the pages it shares with the "
+        "trainer); the growth is the median of the last fifth of the level's samples minus "
+        f"that of the first fifth after warm-up: {s['growth_pct']:.1f}%, {verdict} the stated "
+        f"bound of {args.bound_pct:g}%. Samples: `{csv_path}` (not in git).\n"
     )
     print(text)
     if args.output:
