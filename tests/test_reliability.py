@@ -132,6 +132,19 @@ def test_truncated_last_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     assert f"'{last}' is corrupt or truncated" in caplog.text
 
 
+def test_no_readable_checkpoint_starts_over_from_the_weights(tmp_path, caplog):
+    _saved(tmp_path)
+    for name in ("model_0000001.pth", "model_0000003.pth"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    ck = ZooCheckpointer(_Net(), str(tmp_path))
+    ck.resume_or_load("", resume=True)
+    assert ck.resumed_from is None  # ZooTrainer then starts at iteration 0
+    assert "No readable checkpoint" in caplog.text
+    good = _saved(tmp_path / "good")
+    good.resume_or_load("", resume=True)
+    assert good.resumed_from == str(tmp_path / "good" / "model_0000003.pth")
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_named(tmp_path, monkeypatch):
     ck = _saved(tmp_path, iterations=(1,))
 

@@ -139,7 +139,7 @@ class _WeightsOnlyLoad(Checkpointer):
         try:
             return torch.load(filename, map_location=torch.device("cpu"), weights_only=weights_only)
         except pickle.UnpicklingError as e:
-            if weights_only and "unsupported" in str(e).lower():
+            if weights_only and "global" in str(e).lower():  # a class or function, not garbage
                 raise UnsafeCheckpointError(
                     f"Refusing to load '{filename}': it holds Python objects other than tensors "
                     f"and plain containers, and unpickling them could run code. {_OPT_IN}"
@@ -167,12 +167,16 @@ class ZooCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
         self.allow_unsafe_pickle = allow_unsafe_pickle
         self.strict = strict
         self._tag_after_rename = False
+        #: the checkpoint file the last ``resume_or_load(resume=True)`` resumed from (None: none
+        #: was readable, or it was not asked to resume)
+        self.resumed_from = None
 
     # ------------------------------------------------------------------ saving
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
+        os.makedirs(self.save_dir, exist_ok=True)
         final = os.path.join(self.save_dir, f"{name}.pth")
         partial = os.path.join(self.save_dir, f"{name}{_PARTIAL}.pth")
         self._tag_after_rename = True  # fvcore's save tags the partial name: skip that
@@ -227,6 +231,7 @@ class ZooCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
         return list(dict.fromkeys(out))
 
     def resume_or_load(self, path: str, *, resume: bool = True):
+        self.resumed_from = None
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
         candidates = self.resume_candidates()
@@ -245,7 +250,9 @@ class ZooCheckpointer(DetectionCheckpointer, _WeightsOnlyLoad):
                     f"{e}); resuming from the previous one ({nxt})"
                 )
                 continue
-            return self.load(candidate)
+            loaded = self.load(candidate)
+            self.resumed_from = candidate
+            return loaded
         logger.error(f"No readable checkpoint in '{self.save_dir}': training from MODEL.WEIGHTS")
         return super().resume_or_load(path, resume=False)
 

@@ -100,15 +100,18 @@ class ResumeStateHook(HookBase):
         self._resumed = state_dict
 
     def before_train(self):
-        if self._resumed is None:
-            return
         resumed, self._resumed = self._resumed, None
         start_iter = self.trainer.start_iter
-        if self.loader is not None:
-            self.seed = int(resumed.get("stream_seed", self.seed))
+        if self.loader is not None and start_iter > 0:
+            # a checkpoint without this hook's state (an older one) still continues the stream
+            # of the config's seed at the resumed iteration
+            if resumed is not None:
+                self.seed = int(resumed.get("stream_seed", self.seed))
             set_stream_position(self.loader, seed=self.seed, start_iter=start_iter)
             inner = self.trainer._trainer
             setattr(inner, _data_loader_iter_attribute(inner), iter(inner.data_loader))
+        if resumed is None:
+            return
         states = resumed.get("rng") or []
         if len(states) == comm.get_world_size():
             restore_rng(states[comm.get_rank()])

@@ -78,6 +78,13 @@ class ZooTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def resume_or_load(self, resume=True):
+        """Detectron2's, except that the iteration continues only when a checkpoint was actually
+        resumed from (every checkpoint of OUTPUT_DIR unreadable: MODEL.WEIGHTS, iteration 0)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
+
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()  # holds the optimizer (and AMP scaler)
