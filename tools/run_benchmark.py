@@ -348,11 +348,12 @@ def execute(
     """Make the run's result file unless a valid one of the same config is there; returns it."""
     ensure_pretrained(run, device=device, trainer=trainer)
     status, data = read_result(run)
-    if status == "ok" and data.get("pretrained_sha256") != _pretrained_sha256(run):
+    backbone = _pretrained_sha256(run)
+    if status == "ok" and data.get("pretrained_sha256") != backbone:
         aside = _set_aside(run.result_path, "other-backbone")
         logger.warning(
             f"{run.result_path}: trained from another pretrained backbone (sha256 "
-            f"{str(data.get('pretrained_sha256'))[:12]}, now {str(_pretrained_sha256(run))[:12]}); "
+            f"{str(data.get('pretrained_sha256'))[:12]}, now {str(backbone)[:12]}); "
             f"refused and moved to {aside}; running again"
         )
         status = "other-backbone"

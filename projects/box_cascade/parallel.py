@@ -149,6 +149,21 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
             storage.put_scalar(f"stage{stage}/module{m}/positive_fraction", fg / max(total, 1))
         return samples
 
+    def module_names(self) -> Dict[int, str]:
+        """Config index (order of PARALLEL.POSITIVE_FRACTIONS) -> the name of the module's
+        record: "main" for the box module, "module1".. for the others in config order."""
+        others = [m for m in range(self.num_modules) if m != self.box_module]
+        names = {self.box_module: "main"}
+        names.update({m: _module_name(j + 1) for j, m in enumerate(others)})
+        return names
+
+    def predict_module(self, stage: int, config_index: int, box_features):
+        """The predictions of one module (by config index) alone on pooled features."""
+        name = self.module_names()[config_index]
+        if name == "main":  # the core's own head and predictor of the stage
+            return BoxCascadeROIHeads.predict(self, stage, box_features, {})[0]
+        return self._module_predict(stage, int(name[len("module") :]), box_features)
+
     def _module_predict(self, stage: int, m: int, box_features):
         idx = self.plan.trained_stage(stage)
         head = self.parallel_box_head[m - 1][self.plan.head_index(idx)]

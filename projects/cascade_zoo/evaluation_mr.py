@@ -15,7 +15,6 @@ evaluation code. AP50: the area under the precision/recall curve with precision 
 (all-point interpolation).
 """
 
-import copy
 import itertools
 import logging
 from collections import OrderedDict
@@ -155,15 +154,14 @@ class MissRateEvaluator(DatasetEvaluator):
 def evaluate_miss_rate(gts: Dict, predictions) -> Dict[str, float]:
     """MR^-2 and AP50 (in %) of ``predictions`` [(image_id, XYXY boxes, scores)] against
     ``gts`` {image_id: (gt XYXY, ignore XYXY)}; images without predictions count, with none."""
-    matches, seen = [], set()
+    matches = []
     for image_id, boxes, scores in predictions:
         if image_id not in gts:
             raise KeyError(f"prediction for image {image_id!r}, which the dataset does not have")
         gt, ignore = gts[image_id]
         matches += match_image(gt, ignore, boxes, scores)
-        seen.add(image_id)
     num_gt = sum(len(g) for g, _ in gts.values())
-    fppi, mr, precision, recall = miss_rate_curve(copy.copy(matches), num_gt, len(gts))
+    fppi, mr, precision, recall = miss_rate_curve(matches, num_gt, len(gts))
     return {
         "MR": 100.0 * log_average_miss_rate(fppi, mr),
         "AP50": 100.0 * average_precision(precision, recall),

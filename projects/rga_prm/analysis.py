@@ -24,7 +24,6 @@ def module_scores(model, cfg, dataset: str, num_images: int) -> Dict[str, np.nda
         raise ValueError("module_scores needs ROI heads with at least 2 parallel modules")
     model.eval()
     fractions = list(cfg.MODEL.BOX_CASCADE.PARALLEL.POSITIVE_FRACTIONS)
-    others = [m for m in range(len(fractions)) if m != heads.box_module]
     out: Dict[str, List[np.ndarray]] = {}
     loader = build_detection_test_loader(cfg, dataset)
     for batch in itertools.islice(loader, num_images):
@@ -34,12 +33,7 @@ def module_scores(model, cfg, dataset: str, num_images: int) -> Dict[str, np.nda
         feats = [features[f] for f in heads.box_in_features]
         last = heads.run_test_stages(feats, proposals)[-1]
         for m, fraction in enumerate(fractions):
-            if m == heads.box_module:  # the core's own head and predictor of the stage
-                pred, _ = super(ParallelModulesROIHeads, heads).predict(
-                    last.stage, last.box_features, {}
-                )
-            else:
-                pred = heads._module_predict(last.stage, others.index(m) + 1, last.box_features)
+            pred = heads.predict_module(last.stage, m, last.box_features)
             fg = 1.0 - pred["scores"].softmax(dim=1)[:, -1]
             out.setdefault(f"module{m} (fraction {fraction:g})", []).append(fg.cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}

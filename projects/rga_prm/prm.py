@@ -79,11 +79,6 @@ class PRMROIHeads(ParallelModulesROIHeads):
                 f"MODEL.PRM.EVAL_MODULE must be -1 or in 0..{k - 1}, got {eval_module}"
             )
         self.sampling = sampling
-        # config index m -> the name of the module's record: the box module is "main", the others
-        # "module1".. in config order
-        others = [m for m in range(k) if m != self.box_module]
-        self.module_names = {self.box_module: "main"}
-        self.module_names.update({m: f"module{j + 1}" for j, m in enumerate(others)})
         self.eval_module = eval_module
 
     @classmethod
@@ -101,7 +96,4 @@ class PRMROIHeads(ParallelModulesROIHeads):
     def predict(self, stage, box_features, memory):
         if self.training or self.eval_module < 0:
             return super().predict(stage, box_features, memory)
-        name = self.module_names[self.eval_module]
-        if name == "main":  # the core's own head and predictor of the stage
-            return super(ParallelModulesROIHeads, self).predict(stage, box_features, memory)
-        return self._module_predict(stage, int(name[len("module") :]), box_features), {}
+        return self.predict_module(stage, self.eval_module, box_features), {}

@@ -108,7 +108,7 @@ def test_each_module_samples_its_ratio_soft_or_hard(sampling):
     samples, proposals, targets, storage = _sampled(model, _batch(cfg))
     heads = model.roi_heads
     # box module (1:1, 0.5) is "main", the 1:9 module (0.1) is "module1"
-    assert heads.module_names == {0: "main", 1: "module1"}
+    assert heads.module_names() == {0: "main", 1: "module1"}
     for name, fraction in (("main", 0.5), ("module1", 0.1)):
         fg_total, n_total = 0, 0
         for inst, p, t in zip(samples[name], proposals, targets):

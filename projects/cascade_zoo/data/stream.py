@@ -135,6 +135,7 @@ def build_stream_loader(
     dataset: Sequence[dict],
     mapper,
     *,
+    records: Sequence[dict] = None,
     total_batch_size: int,
     seed: int,
     num_workers: int,
@@ -143,9 +144,11 @@ def build_stream_loader(
     aspect_ratio_grouping: bool = True,
 ):
     """A DataLoader over the stream; its ``batch_sampler`` (start_iter) and ``dataset.order``
-    (seed) may be changed before an iterator is made (at resume)."""
+    (seed) may be changed before an iterator is made (at resume). ``records``: the plain dicts
+    behind ``dataset`` (e.g. before DatasetFromList serialized them), read for the records'
+    sizes without deserializing each."""
     order = StreamOrder(len(dataset), seed)
-    landscape = [d.get("width", 1) > d.get("height", 0) for d in dataset]
+    landscape = [d.get("width", 1) > d.get("height", 0) for d in (records or dataset)]
     sampler = ResumableBatchSampler(
         order,
         landscape,

@@ -21,6 +21,8 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..data.stream import StreamOrder
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ResumeStateHook", "capture_rng", "preserved_rng", "restore_rng"]
@@ -80,10 +82,9 @@ class ResumeStateHook(HookBase):
     """Saves every process's RNG states and the data stream's seed with each checkpoint and
     restores them at resume (see module doc). ``period``: the checkpoint period."""
 
-    def __init__(self, period: int, stream_loader=None, seed: int = 0):
+    def __init__(self, period: int, stream_loader=None):
         self.period = period
-        self.loader = stream_loader
-        self.seed = int(seed)
+        self.loader = stream_loader  # a build_stream_loader loader, or None
         self.states: List[Dict] = []
         self._resumed = None
 
@@ -94,7 +95,8 @@ class ResumeStateHook(HookBase):
             self.states = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
 
     def state_dict(self):
-        return {"rng": self.states, "stream_seed": self.seed}
+        seed = self.loader.batch_sampler.order.seed if self.loader is not None else 0
+        return {"rng": self.states, "stream_seed": seed}
 
     def load_state_dict(self, state_dict):
         self._resumed = state_dict
@@ -105,9 +107,10 @@ class ResumeStateHook(HookBase):
         if self.loader is not None and start_iter > 0:
             # a checkpoint without this hook's state (an older one) still continues the stream
             # of the config's seed at the resumed iteration
+            seed = self.loader.batch_sampler.order.seed
             if resumed is not None:
-                self.seed = int(resumed.get("stream_seed", self.seed))
-            set_stream_position(self.loader, seed=self.seed, start_iter=start_iter)
+                seed = int(resumed.get("stream_seed", seed))
+            set_stream_position(self.loader, seed=seed, start_iter=start_iter)
             inner = self.trainer._trainer
             setattr(inner, _data_loader_iter_attribute(inner), iter(inner.data_loader))
         if resumed is None:
@@ -126,8 +129,6 @@ class ResumeStateHook(HookBase):
 def set_stream_position(loader, *, seed: int, start_iter: int) -> None:
     """Point a ``build_stream_loader`` loader at ``seed``'s stream from ``start_iter`` (takes
     effect for iterators made after this)."""
-    from cascade_zoo.data.stream import StreamOrder
-
     sampler = loader.batch_sampler
     if seed != sampler.order.seed:
         order = StreamOrder(sampler.order.num_records, seed, sampler.order.shuffle)

@@ -101,6 +101,10 @@ class ZooTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        if cfg.ZOO.DATA_STREAM not in DATA_STREAMS:
+            raise ValueError(
+                f"ZOO.DATA_STREAM must be one of {DATA_STREAMS}, got {cfg.ZOO.DATA_STREAM!r}"
+            )
         for name in cfg.DATASETS.TRAIN:
             check_dataset_files(name)
         # The dataset dicts as Detectron2's loader builds them; built here so that the mapper can
@@ -116,16 +120,13 @@ class ZooTrainer(DefaultTrainer):
         validate_dataset_dicts(dicts, cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         dataset = DatasetFromList(dicts, copy=False)
         mapper = CheckedDatasetMapper(cfg, is_train=True, fallback_dataset=dataset)
-        if cfg.ZOO.DATA_STREAM not in DATA_STREAMS:
-            raise ValueError(
-                f"ZOO.DATA_STREAM must be one of {DATA_STREAMS}, got {cfg.ZOO.DATA_STREAM!r}"
-            )
         if cfg.ZOO.DATA_STREAM == "detectron2":
             return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_stream_loader(
             dataset,
             mapper,
+            records=dicts,
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             seed=seed,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -199,8 +200,7 @@ class ZooTrainer(DefaultTrainer):
             if isinstance(getattr(loader, "batch_sampler", None), ResumableBatchSampler)
             else None
         )
-        seed = stream.batch_sampler.order.seed if stream is not None else 0
-        extra.append(ResumeStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, stream, seed))
+        extra.append(ResumeStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD, stream))
         index = next(
             (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks) - 1
         )
