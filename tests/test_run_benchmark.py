@@ -220,3 +220,109 @@ def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained
     names = sorted(p.name for p in run.result_path.parent.iterdir())
     assert names == ["seed0.json", "seed0.other-backbone.json"]
     assert (source.result_path.parent / "seed0.lost-checkpoint.json").is_file()
+
+
+# ---------------------------------------------------------------- subsets, variants, backfill
+
+
+class DetectingTrainer(FakeTrainer):
+    """FakeTrainer that also writes, as the final evaluation would, COCO results on the test set:
+    every ground-truth box of the images in ``perfect`` detected exactly (score 1), nothing
+    elsewhere."""
+
+    def __init__(self, perfect=None, final=b"final", **kwargs):
+        super().__init__(**kwargs)
+        self.perfect = perfect
+        self.final = final
+
+    def __call__(self, run, device):
+        out = super().__call__(run, device)
+        (run.output_dir / "model_final.pth").write_bytes(self.final)
+        gt = _gt(run)
+        anns = [
+            a for a in gt["annotations"] if self.perfect is None or a["image_id"] in self.perfect
+        ]
+        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                 "score": 1.0} for a in anns]  # fmt: skip
+        inference = run.output_dir / "inference" / run.diff["DATASETS.TEST"][0]
+        inference.mkdir(parents=True, exist_ok=True)
+        (inference / "coco_instances_results.json").write_text(json.dumps(dets))
+        return out
+
+
+def _gt(run):
+    from detectron2.data import MetadataCatalog
+
+    import cascade_zoo  # noqa: F401
+
+    return json.loads(Path(MetadataCatalog.get(run.diff["DATASETS.TEST"][0]).json_file).read_text())
+
+
+def _counts(gt):
+    counts = {img["id"]: 0 for img in gt["images"]}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            counts[a["image_id"]] += 1
+    return counts
+
+
+def test_results_hold_ap_by_objects_per_image(rb, tmp_path):
+    run = _run(rb, tmp_path)
+    gt = _gt(run)
+    counts = _counts(gt)
+    few = {i for i, n in counts.items() if 1 <= n <= 3}
+    assert few and len(few) < len(counts), "the tiny split needs images with few and many objects"
+    result = _execute(rb, run, DetectingTrainer(perfect=few))
+    subsets = result["subsets"]
+    assert subsets["[1,3]"]["images"] == len(few)
+    assert subsets["[8,inf)"]["images"] == sum(1 for n in counts.values() if n >= 8)
+    assert subsets["[1,3]"]["AP"] == pytest.approx(100.0)  # detected exactly
+    if subsets["[8,inf)"]["images"]:
+        assert subsets["[8,inf)"]["AP"] == pytest.approx(0.0)  # nothing detected there
+    assert 0.0 < subsets["all"]["AP"] < 100.0
+    grouped = rb.load_results(tmp_path / "results")
+    header, rows = rb.subset_rows(grouped)
+    assert header[2:4] == ["AP [1,3]", "AP75 [1,3]"] and rows[0][2] == "100.0"
+
+
+def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch):
+    run = _run(rb, tmp_path)
+    monkeypatch.setitem(rb.EVAL_VARIANTS, run.name, [("L_e=1", ["K", "1"]), ("L_e=2", ["K", "2"])])
+    seen = []
+
+    def fake_eval(run, device, opts):
+        seen.append(opts)
+        ap = 10.0 * int(opts[1])
+        return {"all": {"AP": ap, **{f"AP{50 + 5 * i}": ap for i in range(10)}}}
+
+    monkeypatch.setattr(rb, "eval_variant", fake_eval)
+    result = _execute(rb, run, DetectingTrainer())
+    assert seen == [["K", "1"], ["K", "2"]]
+    assert result["variants"]["L_e=2"]["metrics"]["all"]["AP"] == 20.0
+    rows = rb.variant_rows(rb.load_results(tmp_path / "results"))
+    assert [r[1] for r in rows] == ["L_e=1", "L_e=2"] and rows[1][3] == "20.0"
+
+
+def test_fill_missing_retrains_a_gone_run_and_adds_only_to_the_same_model(rb, tmp_path, caplog):
+    import shutil
+
+    run = _run(rb, tmp_path)
+    _execute(rb, run, DetectingTrainer())
+    data = json.loads(run.result_path.read_text())
+    del data["subsets"]
+    run.result_path.write_text(json.dumps(data))
+    shutil.rmtree(run.output_dir)  # another clone: only the result file is here
+    other = DetectingTrainer(final=b"another model")
+    rb.execute(run, device="cpu", trainer=other, publish_models=False, fill_missing=True)
+    assert len(other.calls) == 1
+    assert "subsets" not in json.loads(run.result_path.read_text())  # not the recorded model
+    assert "not the recorded one" in caplog.text
+    shutil.rmtree(run.output_dir)
+    same = DetectingTrainer()
+    rb.execute(run, device="cpu", trainer=same, publish_models=False, fill_missing=True)
+    assert len(same.calls) == 1
+    filled = json.loads(run.result_path.read_text())
+    assert filled["subsets"]["all"]["AP"] == pytest.approx(100.0) and filled["backfilled"]
+    assert filled["metrics"] == data["metrics"] and filled["finished"] == data["finished"]
+    rb.execute(run, device="cpu", trainer=same, publish_models=False, fill_missing=True)
+    assert len(same.calls) == 1  # complete now: skipped

@@ -35,7 +35,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FORMAT = 1
@@ -51,6 +51,17 @@ PRETRAINED = {
         0,
         "backbone.bottom_up.",
     ),
+}
+
+# AP by the number of objects per image (RGA + PRM's Fig. 2), stored with every run.
+SUBSET_BINS = ((1, 3), (4, 7), (8, None))
+# Extra evaluations of a run's final model under other test-time settings (no training), stored
+# with the run: name -> [(variant, config overrides)].
+EVAL_VARIANTS = {
+    # R3-CNN Table 2: the 3-loop model evaluated with L_e = 1..5 loops
+    "Benchmark/r3_cnn_R_18_FPN_shapes": [
+        (f"L_e={n}", ["MODEL.BOX_CASCADE.NUM_TEST_STAGES", str(n)]) for n in range(1, 6)
+    ],
 }
 
 logger = logging.getLogger("run_benchmark")
@@ -312,6 +323,99 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _test_dataset(run: Run) -> Optional[str]:
+    datasets = run.diff.get("DATASETS.TEST") or []
+    return datasets[0] if datasets else None
+
+
+def _coco_ap(results_json: Path, dataset: str) -> Optional[dict]:
+    """AP (all images and by objects per image, SUBSET_BINS) of a COCO results file on
+    ``dataset`` (None when the file is missing)."""
+    if not results_json.is_file():
+        return None
+    from detectron2.data import MetadataCatalog
+
+    import cascade_zoo  # noqa: F401  (registers the datasets)
+    from cascade_zoo.analysis.subsets import ap_by_object_count
+
+    gt_json = MetadataCatalog.get(dataset).json_file
+    return ap_by_object_count(gt_json, str(results_json), SUBSET_BINS)
+
+
+def subsets_of(run: Run) -> Optional[dict]:
+    """The run's final detections' AP on its test set by objects per image, from the COCO
+    results its last evaluation wrote (None if it wrote none)."""
+    dataset = _test_dataset(run)
+    if dataset is None:
+        return None
+    return _coco_ap(run.output_dir / "inference" / dataset / "coco_instances_results.json", dataset)
+
+
+def eval_variant(run: Run, device: str, opts: List[str]) -> Optional[dict]:
+    """Evaluate the run's model_final.pth with ``opts`` (train_net.py --eval-only, in a child
+    process, into OUTPUT_DIR/variants/...); its AP as :func:`_coco_ap` gives it."""
+    dataset = _test_dataset(run)
+    if dataset is None:
+        return None
+    out = run.output_dir / "variants" / "_".join(o.split(".")[-1] for o in opts)
+    args = [sys.executable, "train_net.py", "--config-file",
+            os.path.relpath(run.config_file, REPO), "--eval-only", *run.opts, *opts,
+            "MODEL.WEIGHTS", str(run.output_dir / "model_final.pth"), "OUTPUT_DIR", str(out),
+            "SEED", str(run.seed), "MODEL.DEVICE", device]  # fmt: skip
+    logger.info("Evaluating: " + " ".join(args))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark_stdout.txt", "w") as log:
+        code = subprocess.call(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"{run.name} seed {run.seed}: --eval-only {opts} exited with {code}")
+    return _coco_ap(out / "inference" / dataset / "coco_instances_results.json", dataset)
+
+
+def variants_of(run: Run, device: str) -> Dict[str, dict]:
+    """The run's EVAL_VARIANTS, evaluated: name -> {"opts": [...], "metrics": AP table}."""
+    out = OrderedDict()
+    for name, opts in EVAL_VARIANTS.get(run.name, []):
+        out[name] = {"opts": list(opts), "metrics": eval_variant(run, device, list(opts))}
+    return out
+
+
+def _write_result(run: Run, result: dict) -> None:
+    run.result_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run.result_path.with_name(run.result_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, run.result_path)
+
+
+def _needs_backfill(run: Run, data: dict) -> bool:
+    want = {name for name, _ in EVAL_VARIANTS.get(run.name, [])}
+    return "subsets" not in data or not want <= set(data.get("variants") or {})
+
+
+def backfill(run: Run, data: dict, *, device: str, trainer) -> dict:
+    """Add the by-object-count AP and the eval variants to a finished result that lacks them. A
+    run whose files are gone (another clone) is trained again; its model_final.pth must be the
+    one the result records (same sha256: training is deterministic on a CPU), or nothing is
+    added."""
+    if not _training_finished(run):
+        logger.info(f"{run.name} seed {run.seed}: re-training to add the subsets / variants")
+        _prepare_output_dir(run)
+        trainer(run, device)
+    sha = _sha256(run.output_dir / "model_final.pth")
+    if sha != data.get("checkpoint_sha256"):
+        logger.error(
+            f"{run.name} seed {run.seed}: the re-trained model_final.pth (sha256 {sha[:12]}) is "
+            f"not the recorded one ({str(data.get('checkpoint_sha256'))[:12]}); nothing added"
+        )
+        return data
+    data = dict(data)
+    data["subsets"] = subsets_of(run)
+    data["variants"] = variants_of(run, device)
+    data["backfilled"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    _write_result(run, data)
+    logger.info(f"{run.name} seed {run.seed}: subsets and variants added to {run.result_path}")
+    return data
+
+
 def publish(run: Run, result: dict) -> None:
     """model_final.pth and metrics.json into the model zoo (cascade_zoo://<name>/seed<k>/)."""
     from detectron2.utils.file_io import PathManager
@@ -344,8 +448,10 @@ def execute(
     device: str,
     trainer: Callable[[Run, str], Dict[str, float]] = subprocess_trainer,
     publish_models: bool = True,
+    fill_missing: bool = False,
 ) -> dict:
-    """Make the run's result file unless a valid one of the same config is there; returns it."""
+    """Make the run's result file unless a valid one of the same config is there; returns it.
+    ``fill_missing``: add the subsets / variants to a valid one lacking them (:func:`backfill`)."""
     ensure_pretrained(run, device=device, trainer=trainer)
     status, data = read_result(run)
     backbone = _pretrained_sha256(run)
@@ -358,6 +464,8 @@ def execute(
         )
         status = "other-backbone"
     if status == "ok":
+        if fill_missing and _needs_backfill(run, data):
+            return backfill(run, data, device=device, trainer=trainer)
         logger.info(f"{run.name} seed {run.seed}: done ({run.result_path}), skipped")
         return data
     if status == "stale":
@@ -391,10 +499,9 @@ def execute(
             wt.write_text(json.dumps({"wall_time_s": spent}))
     command = "python " + " ".join(run.train_args(device))
     result = collect_result(run, spent, extra, device, command)
-    run.result_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run.result_path.with_name(run.result_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, run.result_path)
+    result["subsets"] = subsets_of(run)
+    result["variants"] = variants_of(run, device)
+    _write_result(run, result)
     if publish_models:
         publish(run, result)
     logger.info(f"{run.name} seed {run.seed}: AP {result['metrics']['bbox']['AP']:.2f}")
@@ -498,6 +605,40 @@ def summary_rows(grouped) -> List[list]:
     return rows
 
 
+def subset_rows(grouped) -> Tuple[List[str], List[list]]:
+    """AP and AP75 by objects per image (SUBSET_BINS), mean ± std over the seeds that have them."""
+    from cascade_zoo.analysis.subsets import bin_label
+
+    labels = [bin_label(lo, hi) for lo, hi in SUBSET_BINS]
+    header = ["model", "seeds"] + [f"{m} {b}" for b in labels for m in ("AP", "AP75")]
+    rows = []
+    for name, results in grouped.items():
+        have = [r["subsets"] for r in results if r.get("subsets")]
+        if not have:
+            continue
+        cells = [_pm([s.get(b, {}).get(m) for s in have]) for b in labels for m in ("AP", "AP75")]
+        images = " / ".join(str(have[0].get(b, {}).get("images", 0)) for b in labels)
+        rows.append([f"`{name}`", len(have)] + cells)
+    if rows:
+        header[1] = f"seeds (images: {images})"
+    return header, rows
+
+
+def variant_rows(grouped) -> List[list]:
+    """Each run's extra evaluations (EVAL_VARIANTS): one row per model and variant."""
+    rows = []
+    for name, results in grouped.items():
+        names = []
+        for r in results:
+            names += [v for v in (r.get("variants") or {}) if v not in names]
+        for v in names:
+            tables = [r["variants"][v]["metrics"]["all"] for r in results
+                      if (r.get("variants") or {}).get(v, {}).get("metrics")]  # fmt: skip
+            rows.append([f"`{name}`", v, len(tables)]
+                        + [_pm([t.get(k) for t in tables]) for k in AP_COLUMNS])  # fmt: skip
+    return rows
+
+
 def curves(grouped, stage: Optional[str] = None):
     """name -> (mean AP at each IoU, std) over seeds."""
     out = OrderedDict()
@@ -585,6 +726,30 @@ def write_results_md(grouped, path: Path, figures: List[str], command: str) -> N
                          r["wall_time_s"] / 60.0 if r["wall_time_s"] else None,
                          r["finished"]])  # fmt: skip
     rel = [os.path.relpath(f, path.parent) for f in figures]
+    subsets_header, subsets = subset_rows(grouped)
+    variants = variant_rows(grouped)
+    extra = []
+    if subsets:
+        extra += [
+            "## AP by objects per image",
+            "",
+            "The final detections' box AP on the `shapes_val` images with 1-3, 4-7 and 8 or more "
+            "objects (RGA + PRM's Fig. 2), by pycocotools restricted to those images; mean ± std "
+            "over the seeds whose result holds it.",
+            "",
+            markdown_table(subsets_header, subsets),
+            "",
+        ]
+    if variants:
+        extra += [
+            "## Evaluation variants",
+            "",
+            "The same final models evaluated under other test-time settings (no training): "
+            "`tools/run_benchmark.py`'s `EVAL_VARIANTS`, e.g. R3-CNN's number of test loops L_e.",
+            "",
+            markdown_table(["model", "variant", "seeds"] + AP_COLUMNS, variants),
+            "",
+        ]
     text = [
         "# Results",
         "",
@@ -600,6 +765,7 @@ def write_results_md(grouped, path: Path, figures: List[str], command: str) -> N
         "",
         *[f"![{Path(f).stem}]({f})" for f in rel],
         "",
+        *extra,
         "## Runs",
         "",
         "Wall time: training and the evaluations in it, on the device named (CPU runs shared a "
@@ -714,6 +880,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the reports")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--fill-missing", action="store_true",
+                        help="add the by-object-count AP and the eval variants to finished results "
+                        "that lack them (re-training runs whose files are gone)")  # fmt: skip
     parser.add_argument("--results-md", default=str(REPO / "docs" / "results.md"))
     parser.add_argument("--model-zoo-md", default=str(REPO / "MODEL_ZOO.md"))
     parser.add_argument("--figures-dir", default=str(REPO / "docs" / "images"))
@@ -736,7 +905,7 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 try:
                     run = Run(config, seed, results_dir, runs_dir, args.opts)
-                    execute(run, device=device)
+                    execute(run, device=device, fill_missing=args.fill_missing)
                 except Exception as e:  # one failed run must not stop the matrix
                     logger.error(f"{config} seed {seed}: FAILED: {e}")
                     failed.append((config, seed))

@@ -174,7 +174,7 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             losses, records = self._forward_box_train(features, proposals, targets)
             stage_proposals = [r.proposals for r in records]
             if self.mask_on:
-                losses.update(mask_train_losses(self, features, stage_proposals))
+                losses.update(self.mask_losses(features, stage_proposals))
             losses.update(self._forward_keypoint(features, stage_proposals[0]))
             return stage_proposals[0], losses
         pred_instances, extras = self._forward_box_test(features, proposals)
@@ -361,6 +361,11 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         return probs
 
     # ------------------------------------------------------------------ masks
+
+    def mask_losses(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
+        """The mask losses in training, from each training stage's labelled boxes
+        (``stage_proposals``), under the mask strategy (masks.py)."""
+        return mask_train_losses(self, features, stage_proposals)
 
     def mask_inputs(self, features, boxes):
         if self.mask_pooler is None:
