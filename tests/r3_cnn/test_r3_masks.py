@@ -1,0 +1,153 @@
+"""R3-CNN's masks: the one mask head trained on every loop's positives with the loop's weight
+(checked against Detectron2's own mask head on each loop's boxes), the HTC-style information flow
+against a literal chain (losses, gradients, test-time merge), and R3-CNN-L's box head."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.utils.events import EventStorage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
+from core_helpers import cfg_of, detections_of, eval_inputs, model_of, train_batch  # noqa: E402
+
+MASK = ROOT / "configs" / "R3CNN" / "r3_cnn_mask_instant_test.yaml"
+WEIGHTS = (1.0, 0.75, 0.5)
+
+
+def _mask_pass(model, batch):
+    """Training pass: (all losses, each loop's labelled boxes, backbone features)."""
+    model.train()
+    heads = model.roi_heads
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
+    with EventStorage(0):
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        losses, records = heads._forward_box_train(features, proposals, targets)
+        stage_proposals = [r.proposals for r in records]
+        losses.update(heads.mask_losses(features, stage_proposals))
+    return losses, stage_proposals, features
+
+
+def _literal_chain(heads, x, links):
+    """Link 0: the mask head (mask_fcn*, deconv, ReLU, predictor); link j: the head on
+    x + flow(link j-1's conv features). Explicit module calls."""
+    head, out, previous = heads.mask_head, [], None
+    convs = [getattr(head, f"mask_fcn{i + 1}") for i in range(len(head.conv_norm_relus))]
+    for _ in range(links):
+        h = x if previous is None else x + heads.mask_flow(previous)
+        for conv in convs:
+            h = conv(h)
+        previous = h
+        out.append(head.predictor(torch.relu(head.deconv(h))))
+    return out
+
+
+def test_every_loops_positives_train_the_one_mask_head_with_the_loops_weight():
+    cfg = cfg_of(MASK)
+    model = model_of(cfg)
+    heads = model.roi_heads
+    assert not isinstance(heads.mask_head, torch.nn.ModuleList)  # one head, not one per loop
+    losses, stage_proposals, features = _mask_pass(model, train_batch(cfg))
+    assert {f"loss_mask_stage{t}" for t in range(3)} <= set(losses)
+    with EventStorage(0):
+        for t, proposals in enumerate(stage_proposals):
+            # Detectron2's own mask branch on loop t's boxes
+            want = StandardROIHeads._forward_mask(heads, features, proposals)["loss_mask"]
+            assert torch.allclose(losses[f"loss_mask_stage{t}"], WEIGHTS[t] * want, rtol=1e-5)
+
+
+def test_mask_information_flow_equals_a_literal_chain():
+    cfg = cfg_of(MASK, "MODEL.R3_CNN.MASK_INFO_FLOW", True)
+    model = model_of(cfg)
+    heads = model.roi_heads
+    with torch.no_grad():  # a non-zero flow, so that the links differ
+        heads.mask_flow.weight.normal_(std=0.1)
+    losses, stage_proposals, features = _mask_pass(model, train_batch(cfg))
+    with EventStorage(0):
+        for t, proposals in enumerate(stage_proposals):
+            fg, _ = select_foreground_proposals(proposals, heads.num_classes)
+            x = heads.mask_inputs(features, [p.proposal_boxes for p in fg])
+            chain = _literal_chain(heads, x, t + 1)
+            want = WEIGHTS[t] * mask_rcnn_loss(chain[-1], fg)
+            assert torch.allclose(losses[f"loss_mask_stage{t}"], want, rtol=1e-5), t
+    # the flow's weights learn from the later loops only
+    flow = list(heads.mask_flow.parameters())
+    first = torch.autograd.grad(losses["loss_mask_stage0"], flow, retain_graph=True,
+                                allow_unused=True)  # fmt: skip
+    assert all(g is None or g.abs().sum() == 0 for g in first)
+    last = torch.autograd.grad(losses["loss_mask_stage2"], flow)
+    assert last[0].abs().sum() > 0
+    # test: the links' mask probabilities averaged on the final boxes
+    inputs = eval_inputs(cfg, 1)
+    got = detections_of(model, inputs)[0]["instances"]
+    assert len(got) > 0
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        feats = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, feats, None)
+        instances, _ = heads._forward_box_test(feats, proposals)
+        x = heads.mask_inputs(feats, [i.pred_boxes for i in instances])
+        probs = sum(torch.sigmoid(y) for y in _literal_chain(heads, x, 3)) / 3
+        heads._forward_mask(feats, instances)
+    classes = instances[0].pred_classes
+    want = probs[torch.arange(len(classes)), classes][:, None]
+    assert torch.allclose(instances[0].pred_masks, want, atol=1e-5)
+
+
+def test_non_local_conv_box_head_is_the_literal_block_then_convs():
+    from r3_cnn import NonLocalConvBoxHead
+
+    cfg = cfg_of(ROOT / "configs" / "R3CNN" / "r3_cnn_L_mask_instant_test.yaml")
+    model = model_of(cfg)
+    head = model.roi_heads.box_head[0]
+    assert isinstance(head, NonLocalConvBoxHead)
+    nl = head.non_local
+    with torch.no_grad():
+        nl.out.weight.normal_(std=0.1)  # zero at init: make the block do something
+    x = torch.randn(5, 64, 7, 7)
+    # literal embedded Gaussian: for every position i, sum_j softmax_j(theta_i . phi_j) g_j
+    theta, phi, g = nl.theta(x), nl.phi(x), nl.g(x)
+    y = torch.zeros_like(theta)
+    for n in range(5):
+        t, p, v = theta[n].flatten(1), phi[n].flatten(1), g[n].flatten(1)  # (C', 49)
+        for i in range(49):
+            w = torch.softmax(t[:, i] @ p, dim=0)  # (49,)
+            y[n].view(y.shape[1], -1)[:, i] = (v * w).sum(dim=1)
+    z = x + nl.out(y)
+    for conv in head.convs:
+        z = torch.relu(conv(z))
+    assert head.convs[0].weight.shape[-1] == 7 and nl.theta.weight.shape[-1] == 7
+    assert torch.allclose(head(x), z.flatten(1), atol=1e-5)
+    assert head.output_shape.channels == 16 * 7 * 7
+    assert model.roi_heads.box_predictor[0].cls_score.in_features == 16 * 7 * 7
+
+
+def test_non_local_block_starts_as_the_identity():
+    from r3_cnn import NonLocalBlock
+
+    block = NonLocalBlock(8, kernel_size=3)
+    x = torch.randn(2, 8, 7, 7)
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize(
+    "path", ["r3_cnn_mask_instant_test.yaml", "r3_cnn_L_mask_instant_test.yaml"]
+)
+def test_every_loop_with_no_positives_gives_zero_mask_loss_and_no_crash(path):
+    cfg = cfg_of(ROOT / "configs" / "R3CNN" / path)
+    model = model_of(cfg)
+    batch = train_batch(cfg)
+    for b in batch:  # images without objects
+        b["instances"] = b["instances"][:0]
+    losses, _, _ = _mask_pass(model, batch)
+    for t in range(3):
+        assert losses[f"loss_mask_stage{t}"] == 0
+        assert losses[f"loss_box_reg_stage{t}"] == 0
