@@ -1,0 +1,147 @@
+"""Helpers of the FSCascade tests: configs, models, batches, and Eq. 1 / Eq. 2 written out slowly
+with explicit loops and explicit calls of the modules' weights."""
+
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from detectron2.data import build_detection_test_loader
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from cascade_zoo import setup_cfg
+from cascade_zoo.engine import ZooTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
+import core_helpers  # noqa: E402
+
+CONFIGS = ROOT / "configs" / "FSCascade"
+INSTANT = CONFIGS / "fs_cascade_instant_test.yaml"
+
+# switches: (CFS, LOC_HEAD, LFS)
+AS_CASCADE = ["MODEL.FS_CASCADE.CFS", "False", "MODEL.FS_CASCADE.LOC_HEAD", "fc",
+              "MODEL.FS_CASCADE.LFS", "none"]  # fmt: skip
+
+
+def switches(cfs, loc_head, lfs):
+    return ["MODEL.FS_CASCADE.CFS", str(cfs), "MODEL.FS_CASCADE.LOC_HEAD", loc_head,
+            "MODEL.FS_CASCADE.LFS", lfs]  # fmt: skip
+
+
+def cfg_of(*opts, path=INSTANT):
+    return setup_cfg(str(path), [str(o) for o in opts])
+
+
+def model_of(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def spread_weights(model, seed=1, names=("box_predictor", "loc_head")):
+    """Non-trivial weights for the predictors (and conv heads), so that scores and deltas differ
+    from box to box and comparisons are not vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(n in name for n in names) and name.endswith("weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def train_batch(cfg, n=2):
+    return next(iter(ZooTrainer.build_train_loader(cfg)))[:n]
+
+
+def eval_inputs(cfg, n=1):
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    return [b[0] for b in itertools.islice(loader, n)]
+
+
+def losses_of(model, batch, seed=123):
+    model.train()
+    torch.manual_seed(seed)
+    with EventStorage(0):
+        return model(batch)
+
+
+def roi_train_pass(model, batch):
+    """The ROI heads' training pass: (losses, stage records)."""
+    losses, records, *_ = core_helpers.roi_train_pass(model, batch)
+    return losses, records
+
+
+# ------------------------------------------------------------------ the paper, written out
+
+
+def fc_stack(head, x):
+    """W_j2(W_j1(x)): the two fc layers of a stage (Detectron2's FastRCNNConvFCHead), ReLU after
+    each."""
+    x = x.flatten(1)
+    x = F.relu(F.linear(x, head.fc1.weight, head.fc1.bias))
+    return F.relu(F.linear(x, head.fc2.weight, head.fc2.bias))
+
+
+def conv3x3_relu(conv, x):
+    return F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+
+
+def conv1x1(conv, x):
+    return F.conv2d(x, conv.weight, conv.bias)
+
+
+def eq1(heads, i, x):
+    """Eq. 1 for (0-based) stage i: C = sum over j = 0..i of W_j2(W_j1(X_i))."""
+    total = None
+    for j in range(i + 1):
+        c_j = fc_stack(heads.box_head[j], x)
+        total = c_j if total is None else total + c_j
+    return total
+
+
+def own_conv_head(heads, j, x):
+    """Stage j's conv head on its own features (no sharing): F_12(F_11(X)) for the first stage,
+    X + G_{j-1}(F_j1(X)) for the others."""
+    convs = heads.loc_head[j]
+    if j == 0:
+        return conv3x3_relu(convs.f2, conv3x3_relu(convs.f1, x))
+    return x + conv1x1(convs.g, conv3x3_relu(convs.f1, x))
+
+
+def eq2(heads, i, x, b_prev):
+    """Eq. 2 for (0-based) stage i: B_1 = F_12(F_11(X_1)); B_i = X_i + G_{i-1}(F_i1(B_{i-1}))."""
+    convs = heads.loc_head[i]
+    if i == 0:
+        return conv3x3_relu(convs.f2, conv3x3_relu(convs.f1, x))
+    return x + conv1x1(convs.g, conv3x3_relu(convs.f1, b_prev))
+
+
+def literal_scores(heads, i, x, cfs):
+    """Stage i's class logits on pooled features x: its classifier on Eq. 1's sum (CFS) or on
+    its own fc feature."""
+    c = eq1(heads, i, x) if cfs else fc_stack(heads.box_head[i], x)
+    predictor = heads.box_predictor[i]
+    return F.linear(c, predictor.cls_score.weight, predictor.cls_score.bias)
+
+
+def literal_stage(heads, i, x, b_prev, cfs, loc_head, lfs, box_delta_input="flatten"):
+    """Stage i's (scores, deltas, B_i) on pooled features x (R, C, P, P), from the paper's
+    equations; B_i is None with the fc localization head."""
+    predictor = heads.box_predictor[i]
+    own = fc_stack(heads.box_head[i], x)
+    scores = literal_scores(heads, i, x, cfs)
+    if loc_head == "fc":
+        b, box = None, own
+    else:
+        if lfs == "serial":
+            b = eq2(heads, i, x, b_prev)
+        elif lfs == "parallel":
+            b = own_conv_head(heads, 0, x)
+            for j in range(1, i + 1):
+                b = b + own_conv_head(heads, j, x)
+        else:
+            b = own_conv_head(heads, i, x)
+        box = b.flatten(1) if box_delta_input == "flatten" else b.mean(dim=(2, 3))
+    deltas = F.linear(box, predictor.bbox_pred.weight, predictor.bbox_pred.bias)
+    return scores, deltas, b
