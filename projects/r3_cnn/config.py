@@ -43,3 +43,18 @@ def add_r3_cnn_config(cfg: CN) -> None:
     _C.NL_REDUCTION = 2  # the block's inner channels: C / NL_REDUCTION
     _C.CONV_DIMS = [128, 64]
     _C.CONV_KERNEL_SIZE = 7
+
+    # R3-CNN-L's optional mask-IoU scoring head (after Mask Scoring R-CNN, mask_iou.py; needs
+    # MASK_ON and MASK_STRATEGY "every"): trained on every loop's positives, with the loop's
+    # weight, to regress the IoU of the box's predicted mask (binarised at 0.5) with its
+    # ground-truth mask on the box's mask grid (L2 loss); its input, the predicted mask, is
+    # detached, so the mask head trains as without it.
+    _C.MASK_IOU_HEAD = False
+    _C.MASK_IOU_LOSS_WEIGHT = 1.0
+    _C.MASK_IOU_CONV_DIM = 256
+    _C.MASK_IOU_NUM_CONVS = 4
+    _C.MASK_IOU_FC_DIM = 1024
+    # At test every detection gets ``mask_scores`` = score x predicted mask IoU. True: they also
+    # replace ``scores`` (then COCO evaluation ranks boxes and masks by them; Mask Scoring R-CNN
+    # rescored the masks only).
+    _C.MASK_IOU_RESCORE = False

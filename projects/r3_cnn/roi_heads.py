@@ -9,6 +9,7 @@ Shapes: R boxes, C channels, M mask resolution, K foreground classes, L_t traini
 from typing import Dict, List
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.modeling import ROI_HEADS_REGISTRY
@@ -23,6 +24,8 @@ from torch import nn
 
 from box_cascade import BoxCascadeROIHeads
 from box_cascade.ensembles import register_test_ensemble
+
+from .mask_iou import MaskIoUHead, mask_iou_targets
 
 __all__ = ["R3CNNROIHeads", "max_of_logits"]
 
@@ -41,13 +44,27 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
     """R3-CNN (see module doc and config.py for the keys)."""
 
     @configurable
-    def __init__(self, *, mask_flow: nn.Module = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        mask_flow: nn.Module = None,
+        mask_iou_head: nn.Module = None,
+        mask_iou_loss_weight: float = 1.0,
+        mask_iou_rescore: bool = False,
+        **kwargs,
+    ):
         """
         Args (beyond BoxCascadeROIHeads'):
             mask_flow: the 1x1 conv of the HTC-style mask information flow (None: no flow).
+            mask_iou_head: R3-CNN-L's mask-IoU scoring head (mask_iou.py), or None.
+            mask_iou_loss_weight: its loss weight.
+            mask_iou_rescore: at test, replace the scores by score x predicted mask IoU.
         """
         super().__init__(**kwargs)
         self.mask_flow = mask_flow
+        self.mask_iou_head = mask_iou_head
+        self.mask_iou_loss_weight = mask_iou_loss_weight
+        self.mask_iou_rescore = mask_iou_rescore
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -79,7 +96,18 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
                     "MODEL.R3_CNN.MASK_INFO_FLOW needs MODEL.BOX_CASCADE.MASK_STRATEGY 'every' "
                     f"(every loop's positives train the mask chain), got {bc.MASK_STRATEGY!r}"
                 )
-        return super().from_config(cfg, input_shape)
+        r3 = cfg.MODEL.R3_CNN
+        if r3.MASK_IOU_HEAD and not (cfg.MODEL.MASK_ON and bc.MASK_STRATEGY == "every"):
+            raise ValueError(
+                "MODEL.R3_CNN.MASK_IOU_HEAD needs MODEL.MASK_ON True and "
+                "MODEL.BOX_CASCADE.MASK_STRATEGY 'every' (it scores the masks of every loop's "
+                "positives)"
+            )
+        ret = super().from_config(cfg, input_shape)
+        ret.update(
+            mask_iou_loss_weight=r3.MASK_IOU_LOSS_WEIGHT, mask_iou_rescore=r3.MASK_IOU_RESCORE
+        )
+        return ret
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
@@ -102,6 +130,19 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
                     f"({channels} channels): they must be equal"
                 )
             ret["mask_flow"] = Conv2d(conv_dim, channels, kernel_size=1)
+        if cfg.MODEL.MASK_ON and cfg.MODEL.R3_CNN.MASK_IOU_HEAD:
+            r3 = cfg.MODEL.R3_CNN
+            num_classes = (
+                1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+            )
+            ret["mask_iou_head"] = MaskIoUHead(
+                input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels,
+                cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+                num_classes,
+                conv_dim=r3.MASK_IOU_CONV_DIM,
+                num_convs=r3.MASK_IOU_NUM_CONVS,
+                fc_dim=r3.MASK_IOU_FC_DIM,
+            )
         return ret
 
     # ------------------------------------------------------------------ masks
@@ -120,7 +161,23 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
             logits = self.mask_chain(x, t + 1)[-1] if self.mask_flow else head.layers(x)
             loss = mask_rcnn_loss(logits, fg, head.vis_period) * head.loss_weight
             losses[f"loss_mask_stage{t}"] = loss * self.plan.loss_weights[t]
+            if self.mask_iou_head is not None:
+                losses[f"loss_mask_iou_stage{t}"] = self.mask_iou_loss(x, logits, fg) * (
+                    self.mask_iou_loss_weight * self.plan.loss_weights[t]
+                )
         return losses
+
+    def mask_iou_loss(self, x, mask_logits, fg) -> torch.Tensor:
+        """L2 loss of the predicted IoU of the ground-truth class's mask against its IoU with the
+        ground-truth mask, averaged over the positives (0 without positives)."""
+        probs, target = mask_iou_targets(mask_logits, fg)
+        if len(target) == 0:
+            return mask_logits.sum() * 0 + sum(p.sum() * 0 for p in self.mask_iou_head.parameters())
+        predicted = self.mask_iou_head(x, probs.detach())
+        classes = torch.cat([f.gt_classes for f in fg]) if predicted.size(1) > 1 else None
+        if classes is None:
+            classes = torch.zeros(len(target), dtype=torch.long, device=target.device)
+        return F.mse_loss(predicted[torch.arange(len(target)), classes], target)
 
     def mask_chain(self, x: torch.Tensor, links: int) -> List[torch.Tensor]:
         """The HTC-style chain of the shared mask head on pooled features (R, C, M, M): link 0 is
@@ -142,10 +199,27 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
     def _forward_mask(self, features, instances):
         if self.training or not self.mask_on:
             return super()._forward_mask(features, instances)
-        if self.mask_flow is None:
-            return StandardROIHeads._forward_mask(self, features, instances)
         x = self.mask_inputs(features, [i.pred_boxes for i in instances])
-        links = self.mask_chain(x, self.num_cascade_stages)
-        probs = sum(torch.sigmoid(y) for y in links) / len(links)
-        mask_rcnn_inference(torch.logit(probs, eps=1e-6), instances)
+        if self.mask_flow is None:
+            logits = self.mask_head.layers(x)
+        else:
+            links = self.mask_chain(x, self.num_cascade_stages)
+            logits = torch.logit(sum(torch.sigmoid(y) for y in links) / len(links), eps=1e-6)
+        mask_rcnn_inference(logits, instances)
+        if self.mask_iou_head is not None:
+            self.score_masks(x, instances)
         return instances
+
+    def score_masks(self, x, instances) -> None:
+        """``mask_scores`` = score x the predicted IoU of each detection's mask (and ``scores``
+        too with ``mask_iou_rescore``)."""
+        probs = torch.cat([i.pred_masks for i in instances])
+        predicted = self.mask_iou_head(x, probs)
+        classes = torch.cat([i.pred_classes for i in instances])
+        if predicted.size(1) == 1:
+            classes = torch.zeros_like(classes)
+        ious = predicted[torch.arange(len(classes)), classes].clamp(0, 1)
+        for i, iou in zip(instances, ious.split([len(i) for i in instances])):
+            i.mask_scores = i.scores * iou
+            if self.mask_iou_rescore:
+                i.scores = i.mask_scores

@@ -155,7 +155,7 @@ def test_train_net_trains_and_evaluates_with_masks_flow_and_the_large_head(tmp_p
     config = D / "r3_cnn_L_mask_instant_test.yaml"
     run_train_net("--config-file", config, "OUTPUT_DIR", tmp_path)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
-    trained = [m for m in metrics if "loss_mask_stage2" in m]
+    trained = [m for m in metrics if "loss_mask_stage2" in m and "loss_mask_iou_stage2" in m]
     assert trained and all(f"loss_cls_stage{t}" in trained[-1] for t in range(3))
     assert any("segm/AP" in m for m in metrics) and any("stage3/bbox/AP" in m for m in metrics)
     # the same weights evaluated with 5 test loops: stage-wise outputs for each loop

@@ -151,3 +151,81 @@ def test_every_loop_with_no_positives_gives_zero_mask_loss_and_no_crash(path):
     for t in range(3):
         assert losses[f"loss_mask_stage{t}"] == 0
         assert losses[f"loss_box_reg_stage{t}"] == 0
+
+
+# ---------------------------------------------------------------- mask-IoU scoring head
+
+
+def _positives(cfg, model):
+    _, stage_proposals, features = _mask_pass(model, train_batch(cfg))
+    fg, _ = select_foreground_proposals(stage_proposals[0], model.roi_heads.num_classes)
+    return fg, features
+
+
+def test_mask_iou_targets_of_exact_and_padded_masks():
+    from r3_cnn.mask_iou import mask_iou_targets
+
+    cfg = cfg_of(MASK)
+    model = model_of(cfg)
+    fg, _ = _positives(cfg, model)
+    m, k = 28, model.roi_heads.num_classes
+    gt = torch.cat([x.gt_masks.crop_and_resize(x.proposal_boxes.tensor, m) for x in fg]) >= 0.5
+    classes = torch.cat([x.gt_classes for x in fg])
+    keep = gt.flatten(1).sum(1) > 0
+    logits = torch.full((len(gt), k, m, m), -10.0)
+    logits[torch.arange(len(gt)), classes] = torch.where(gt, 10.0, -10.0)
+    _, exact = mask_iou_targets(logits, fg)
+    assert torch.allclose(exact[keep], torch.ones(int(keep.sum())))  # the mask itself: IoU 1
+    # the ground truth plus the first row of the grid outside it: IoU = |gt| / (|gt| + extra)
+    padded = gt.clone()
+    padded[:, 0, :] = True
+    extra = (padded & ~gt).flatten(1).sum(1).float()
+    logits[torch.arange(len(gt)), classes] = torch.where(padded, 10.0, -10.0)
+    _, target = mask_iou_targets(logits, fg)
+    want = gt.flatten(1).sum(1).float() / (gt.flatten(1).sum(1).float() + extra)
+    assert torch.allclose(target[keep], want[keep]) and (extra[keep] > 0).any()
+
+
+def test_mask_iou_head_trains_apart_from_the_mask_head_and_scores_the_masks():
+    cfg = cfg_of(MASK, "MODEL.R3_CNN.MASK_IOU_HEAD", True, "MODEL.R3_CNN.MASK_IOU_CONV_DIM", 16,
+                 "MODEL.R3_CNN.MASK_IOU_FC_DIM", 32)  # fmt: skip
+    model = model_of(cfg)
+    heads = model.roi_heads
+    losses, _, _ = _mask_pass(model, train_batch(cfg))
+    assert {f"loss_mask_iou_stage{t}" for t in range(3)} <= set(losses)
+    iou_loss = sum(losses[f"loss_mask_iou_stage{t}"] for t in range(3))
+    mask_params = list(heads.mask_head.parameters())
+    grads = torch.autograd.grad(iou_loss, mask_params, retain_graph=True, allow_unused=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)  # its input mask is detached
+    grads = torch.autograd.grad(iou_loss, list(heads.mask_iou_head.parameters()))
+    assert grads[-2].abs().sum() > 0  # the predictor's weight
+    # test: mask_scores = score x the predicted IoU of the detection's class, scores unchanged
+    inputs = eval_inputs(cfg, 1)
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        feats = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, feats, None)
+        instances, _ = heads._forward_box_test(feats, proposals)
+        scores = instances[0].scores.clone()
+        heads._forward_mask(feats, instances)
+        x = heads.mask_inputs(feats, [i.pred_boxes for i in instances])
+        predicted = heads.mask_iou_head(x, instances[0].pred_masks)
+    cls = instances[0].pred_classes
+    want = scores * predicted[torch.arange(len(cls)), cls].clamp(0, 1)
+    assert len(cls) > 0 and torch.allclose(instances[0].mask_scores, want, atol=1e-6)
+    assert torch.equal(instances[0].scores, scores)
+    heads.mask_iou_rescore = True
+    with torch.no_grad():
+        instances, _ = heads._forward_box_test(feats, proposals)
+        heads._forward_mask(feats, instances)
+    assert torch.allclose(instances[0].scores, want, atol=1e-6)
+
+
+def test_mask_iou_head_without_masks_names_the_key():
+    from detectron2.modeling import build_model
+
+    cfg = cfg_of(ROOT / "configs" / "R3CNN" / "r3_cnn_instant_test.yaml",
+                 "MODEL.R3_CNN.MASK_IOU_HEAD", True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"MODEL\.R3_CNN\.MASK_IOU_HEAD"):
+        build_model(cfg)
