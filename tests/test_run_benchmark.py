@@ -326,3 +326,20 @@ def test_fill_missing_retrains_a_gone_run_and_adds_only_to_the_same_model(rb, tm
     assert filled["metrics"] == data["metrics"] and filled["finished"] == data["finished"]
     rb.execute(run, device="cpu", trainer=same, publish_models=False, fill_missing=True)
     assert len(same.calls) == 1  # complete now: skipped
+
+
+def test_readme_results_blocks_are_regenerated_and_the_rest_kept(rb, tmp_path):
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer(ap_base=10.0))
+    grouped = rb.load_results(tmp_path / "results")
+    readme = tmp_path / "README.md"
+    names = "Baselines/faster_rcnn_instant_test Other/not_run"
+    readme.write_text(f"# Paper\n\nintro\n\n<!-- results: {names} -->\nold table\n"
+                      "<!-- /results -->\n\nafter\n")  # fmt: skip
+    assert rb.write_readme_blocks(grouped, [readme]) == [readme]
+    text = readme.read_text()
+    assert text.startswith("# Paper\n\nintro\n\n<!-- results: ") and text.endswith("\n\nafter\n")
+    assert "old table" not in text
+    assert "| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± 0.7 |" in text
+    assert "No results yet: `Other/not_run`." in text
+    assert rb.write_readme_blocks(grouped, [readme]) == []  # unchanged the second time
