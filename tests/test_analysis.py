@@ -90,6 +90,28 @@ def test_ap_vs_iou_bad_input(tmp_path):
         load_ap_curves(str(partial))
 
 
+def test_ap_vs_iou_from_benchmark_result_files_and_their_mean_over_seeds(tmp_path):
+    import json
+
+    folder = tmp_path / "Benchmark" / "model"
+    folder.mkdir(parents=True)
+    keys = [f"AP{50 + 5 * i}" for i in range(10)]
+    for seed, base in ((0, 10.0), (1, 20.0)):
+        final = {k: base - i for i, k in enumerate(keys)}
+        stage1 = {k: base / 2 for k in keys}
+        result = {"format": 1, "seed": seed, "metrics": {"bbox": {"AP": base, **final},
+                                                         "stages": {"stage1": stage1}}}  # fmt: skip
+        (folder / f"seed{seed}.json").write_text(json.dumps(result))
+    (folder / "seed0.other-backbone.json").write_text("{}")  # not a seed result: ignored
+    one = load_ap_curves(str(folder / "seed1.json"), "m")
+    assert one["m"] == [20.0 - i for i in range(10)] and one["m/stage1"] == [10.0] * 10
+    mean = load_ap_curves(str(folder))
+    assert list(mean) == ["model", "model/stage1"]
+    assert mean["model"] == [15.0 - i for i in range(10)] and mean["model/stage1"] == [7.5] * 10
+    with pytest.raises(AnalysisInputError, match="no seed<k>.json"):
+        load_ap_curves(str(tmp_path))
+
+
 def test_iou_histograms_from_statistics_and_from_samplers(trained_core, tmp_path):
     out, _ = trained_core
     tool("plot_iou_histograms.py", "--stats", out / "training_iou_stats.json",

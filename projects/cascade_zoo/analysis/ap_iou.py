@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections import OrderedDict
 from typing import Dict, List, Sequence, Tuple
 
@@ -33,6 +34,8 @@ def load_ap_curves(path: str, label: str = "") -> "OrderedDict[str, List[float]]
         AnalysisInputError: the file is missing, is not JSON of either kind, or has no AP at
             every IoU.
     """
+    if os.path.isdir(path):
+        return _mean_of_benchmark_results(path, label)
     if not os.path.isfile(path):
         raise AnalysisInputError(f"{path}: no such file")
     label = label or os.path.basename(os.path.dirname(os.path.abspath(path))) or path
@@ -42,7 +45,13 @@ def load_ap_curves(path: str, label: str = "") -> "OrderedDict[str, List[float]]
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None  # maybe metrics.json: one JSON object per line
-    if isinstance(data, dict) and any(k.endswith("/bbox") for k in data):
+    if isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "format" in data:
+        # a result file of tools/run_benchmark.py: the final output and each stage
+        metrics = data["metrics"]
+        curves[label] = _curve(metrics.get("bbox") or {}, f"{path} [metrics.bbox]")
+        for stage, table in (metrics.get("stages") or {}).items():
+            curves[f"{label}/{stage}"] = _curve(table, f"{path} [metrics.stages.{stage}]")
+    elif isinstance(data, dict) and any(k.endswith("/bbox") for k in data):
         for key, metrics in data.items():
             if key.endswith("/bbox"):
                 curves[f"{label}/{key[: -len('/bbox')]}"] = _curve(metrics, f"{path} [{key}]")
@@ -76,6 +85,21 @@ def load_ap_curves(path: str, label: str = "") -> "OrderedDict[str, List[float]]
                 {k[len(prefix) :]: v for k, v in last.items() if k.startswith(prefix)}, path
             )
     return curves
+
+
+def _mean_of_benchmark_results(folder: str, label: str) -> "OrderedDict[str, List[float]]":
+    """The mean curves over the seeds of one config's result files (``folder/seed<k>.json`` of
+    tools/run_benchmark.py); curves every seed has."""
+    files = sorted(f for f in os.listdir(folder) if re.fullmatch(r"seed\d+\.json", f))
+    if not files:
+        raise AnalysisInputError(f"{folder}: no seed<k>.json result files")
+    label = label or os.path.basename(os.path.abspath(folder))
+    per_seed = [load_ap_curves(os.path.join(folder, f), label) for f in files]
+    common = [name for name in per_seed[0] if all(name in c for c in per_seed)]
+    return OrderedDict(
+        (name, [sum(c[name][i] for c in per_seed) / len(per_seed) for i in range(len(AP_KEYS))])
+        for name in common
+    )
 
 
 def _curve(metrics: Dict[str, float], where: str) -> List[float]:
