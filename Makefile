@@ -48,6 +48,7 @@ RESULTS_CONFIGS := Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \
 	Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml \
 	Benchmark/faster_rcnn_R_18_FPN_rga_shapes.yaml Benchmark/faster_rcnn_R_18_FPN_prm_shapes.yaml \
 	Benchmark/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml \
-	Benchmark/r3_cnn_R_18_FPN_shapes.yaml Benchmark/fs_cascade_R_18_FPN_shapes.yaml
+	Benchmark/r3_cnn_R_18_FPN_shapes.yaml Benchmark/fs_cascade_R_18_FPN_shapes.yaml \
+	Benchmark/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml Benchmark/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml
 results: setup
 	$(PY) tools/run_benchmark.py --configs $(RESULTS_CONFIGS) --seeds 0 1 2

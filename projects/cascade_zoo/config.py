@@ -36,7 +36,7 @@ def add_cascade_zoo_config(cfg: CN) -> None:
 
 
 # The project's packages, each with ``add_<package>_config``; importing one registers its heads.
-PROJECT_PACKAGES = ("cascade_zoo", "box_cascade", "rga_prm", "r3_cnn", "fs_cascade")
+PROJECT_PACKAGES = ("cascade_zoo", "box_cascade", "rga_prm", "r3_cnn", "fs_cascade", "iou_uniform")
 
 
 def get_zoo_cfg() -> CN:

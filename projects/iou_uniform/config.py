@@ -17,8 +17,8 @@ def add_iou_uniform_config(cfg: CN) -> None:
     # per stage, two fc layers on the pooled P x P features, 4 class-agnostic box deltas and one
     # predicted IoU, trained on boxes generated around the ground truth; the stage's own box head
     # then only classifies (the official code's with_reg=False). False: the box-cascade core
-    # unchanged (Faster / Cascade R-CNN); then EFO and IOU_PREDICTION must be False.
-    _C.ON = True
+    # unchanged (Faster / Cascade R-CNN): EFO must then be False, the other keys are unused.
+    _C.ENABLED = True
     # The IoU intervals of the generated samples (Sec. 3.1, 4.1: N = 4, [0.5, 0.6), [0.6, 0.7),
     # [0.7, 0.8), [0.8, 1.0]), per stage, as (low, high) pairs, increasing and within [0, 1]; an
     # interval holds IoU in [low, high), the one ending at 1.0 also IoU 1. The official cascade:
@@ -43,11 +43,11 @@ def add_iou_uniform_config(cfg: CN) -> None:
     # 3.0, 3.0; the official code: 1.0, 1.5, 2.0, 3.0). All ones: Table 4's rows before "tuning
     # weight".
     _C.REG_WEIGHTS = ((1.0, 1.5, 3.0, 3.0),)
-    # Normalisation of the weighted regression loss on generated boxes: False: the smooth L1
-    # summed over the 4 deltas, divided by the number of generated boxes (Detectron2's Fast R-CNN
-    # convention); True: the mean over all 4 x (number of boxes) deltas (the official code's
-    # mmdetection SmoothL1Loss), a quarter of it.
-    _C.REG_LOSS_MEAN_OVER_COORDINATES = False
+    # Normalisation of the weighted regression loss on generated boxes (the paper does not say):
+    # True: the mean over all 4 x (number of boxes) deltas (the official code's mmdetection
+    # SmoothL1Loss), on the scale of Fast R-CNN's loss with a quarter of positives; False: the
+    # smooth L1 summed over the 4 deltas, divided by the number of boxes (4 times larger).
+    _C.REG_LOSS_MEAN_OVER_COORDINATES = True
     # What the branch's regression trains on: "generated" (the paper) or "rpn" (the stage's sampled
     # proposals, positives only, Detectron2's Fast R-CNN loss: Table 6's rows).
     _C.REG_SAMPLES = "generated"
@@ -66,7 +66,7 @@ def add_iou_uniform_config(cfg: CN) -> None:
     _C.IOU_SIGMOID = False
     # Eliminating feature offsets (Sec. 3.2, Fig. 5): at test, pool again at the regressed boxes
     # and run the branch once more; its IoU scores the boxes, which stay as they are. False: the
-    # IoU predicted at the input boxes (Table 6 "No"). Needs ON and IOU_PREDICTION.
+    # IoU predicted at the input boxes (Table 6 "No"). Needs ENABLED and IOU_PREDICTION.
     _C.EFO = True
     # Where ROI_HEADS.SCORE_THRESH_TEST applies (the paper does not say): True: to the class
     # probability, before it is multiplied by the IoU (the official code: mmdetection's

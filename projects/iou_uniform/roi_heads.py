@@ -8,7 +8,7 @@ pooled at the regressed boxes (eliminating feature offsets, EFO, Sec. 3.2), befo
 
 Built on the core's extension points: a sample set of the stage's own (``stage_samples``,
 ``run_branches``, ``stage_losses``), an extra "iou" output of ``predict``, and ``rescore``.
-With ``MODEL.IOU_UNIFORM.ON`` False every override defers to the core.
+With ``MODEL.IOU_UNIFORM.ENABLED`` False every override defers to the core.
 
 Shapes: N images, R boxes (Ri in image i), K foreground classes, S generated samples, D the
 branch's fc width, P the pooler resolution.
@@ -22,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import build_box_head
+from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
@@ -32,7 +33,7 @@ from box_cascade import BoxCascadeROIHeads, StageRecord, build_stage_sampler
 from box_cascade.stages import d2_pair
 from cascade_zoo.engine.gradients import GradientScale, group_by_value
 
-from .sampler import _per_stage, resample_evenly, sample_count
+from .sampler import per_stage_values, resample_evenly, sample_count
 
 __all__ = [
     "IoUBranchPredictor",
@@ -148,7 +149,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         efo: bool = True,
         threshold_before_iou: bool = True,
         samples_vs_rpn: float = 0.0,
-        reg_mean_over_coordinates: bool = False,
+        reg_mean_over_coordinates: bool = True,
         iou_loss_weight: float = 1.0,
         iou_smooth_l1_beta: float = 0.5,
         **kwargs,
@@ -183,7 +184,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         if efo and not self.iou_prediction:
             raise ValueError(
                 "MODEL.IOU_UNIFORM.EFO re-runs the IoU branch at the regressed boxes: it needs "
-                "MODEL.IOU_UNIFORM.ON and MODEL.IOU_UNIFORM.IOU_PREDICTION True"
+                "MODEL.IOU_UNIFORM.ENABLED and MODEL.IOU_UNIFORM.IOU_PREDICTION True"
             )
         self.efo = efo
         self.reg_samples = reg_samples
@@ -234,11 +235,11 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             raise ValueError(
                 f"MODEL.IOU_UNIFORM.NUM_SAMPLES_VS_RPN must be >= 0, got {iu.NUM_SAMPLES_VS_RPN}"
             )
-        if not iu.ON:
+        if not iu.ENABLED:
             return ret
         generator = build_stage_sampler("UniformIoUSampler", cfg)  # checks the generation keys
         num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-        weights = _per_stage(cfg, "REG_WEIGHTS", num_stages)
+        weights = per_stage_values(cfg, "REG_WEIGHTS", num_stages)
         for k, (ws, settings) in enumerate(zip(weights, generator.settings)):
             if len(ws) != len(settings.intervals) or min(ws) < 0:
                 raise ValueError(
@@ -253,10 +254,11 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         ret.update(
             iou_heads=heads,
             iou_predictors=[
-                IoUBranchPredictor(h.output_shape, iou_output=iu.IOU_PREDICTION,
-                                   sigmoid=iu.IOU_SIGMOID)
+                IoUBranchPredictor(
+                    h.output_shape, iou_output=iu.IOU_PREDICTION, sigmoid=iu.IOU_SIGMOID
+                )
                 for h in heads[: len(ret["box_predictors"])]
-            ],  # fmt: skip
+            ],
             generator=generator,
             reg_weights=weights,
         )
@@ -277,6 +279,8 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
     def branch_predict(self, stage: int, box_features: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The stage's regression + IoU branch on pooled features (R, C, P, P): "proposal_deltas"
         (R, 4) and "iou" (R, 1)."""
+        if self.scale_pooled_gradient and self.training:  # as the core's predict does
+            box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
         head = self.iou_head[self.plan.head_index(stage)]
         return self.iou_predictor[self.plan.predictor_index(stage)](head(box_features))
 
@@ -292,8 +296,8 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         return predictions, memory
 
     def stage_samples(self, stage, proposals, targets):
-        """"main": the stage sampler's proposals (classification); "generated": the boxes
-        generated around the ground truth (Table 5: as many as a multiple of main's positives)."""
+        """The sets "main" (the stage sampler's proposals, for classification) and "generated"
+        (the boxes generated around the ground truth; Table 5: a multiple of main's positives)."""
         samples = super().stage_samples(stage, proposals, targets)
         if not (self.branch_on and self._needs_generated):
             return samples
@@ -378,16 +382,17 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             generated = record.branches["generated"]
             target = cat([p.target_ious for p in generated.proposals])
             return generated.predictions["iou"][:, 0], target
-        predicted = record.predictions["iou"][:, 0].split(record.num_boxes)
-        pairs = [
-            (i[fg], matched_pairwise_iou(p.proposal_boxes[fg], p.gt_boxes[fg]))
-            for i, p in zip(predicted, record.proposals)
-            for fg in [p.gt_classes < self.num_classes]
-            if p.has("gt_boxes")
-        ]
-        if not pairs:
+        predicted, target = [], []
+        for iou, p in zip(
+            record.predictions["iou"][:, 0].split(record.num_boxes), record.proposals
+        ):
+            if p.has("gt_boxes"):  # Detectron2 sets none in an image without ground truth
+                fg = p.gt_classes < self.num_classes
+                predicted.append(iou[fg])
+                target.append(matched_pairwise_iou(p.proposal_boxes[fg], p.gt_boxes[fg]))
+        if not predicted:
             return record.predictions["iou"][:0, 0], record.predictions["iou"].new_zeros(0)
-        return cat([a for a, _ in pairs]), cat([b for _, b in pairs])
+        return cat(predicted), cat(target)
 
     # ------------------------------------------------------------------ inference
 

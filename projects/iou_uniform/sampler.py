@@ -3,7 +3,8 @@ Eq. 1), as a stage sampler registered in the box-cascade core's ``STAGE_SAMPLER_
 
 For each ground-truth box b = (x, y, w, h) (centre, size) and each IoU interval j, C candidates
 
-    x' = x + w * U(-s_j, s_j),  y' = y + h * U(-s_j, s_j),  w' = w * U(a_j, c_j),  h' = h * U(a_j, c_j)
+    x' = x + w * U(-s_j, s_j),   y' = y + h * U(-s_j, s_j),
+    w' = w * U(a_j, c_j),        h' = h * U(a_j, c_j)
 
 are drawn (all draws independent), clipped to the image, and kept if their IoU with b lies in
 interval j and no other ground truth overlaps them more; the first M / N of them (in draw order,
@@ -29,6 +30,7 @@ __all__ = [
     "generation_settings_from_cfg",
     "in_interval",
     "jitter_candidates",
+    "per_stage_values",
     "resample_evenly",
     "select_uniform",
     "uniform_iou_samples",
@@ -92,7 +94,8 @@ class GenerationSettings:
         return self.samples_per_gt // len(self.intervals)
 
 
-def _per_stage(cfg, key: str, num_stages: int) -> list:
+def per_stage_values(cfg, key: str, num_stages: int) -> list:
+    """``MODEL.IOU_UNIFORM.<key>`` as a list with one entry per stage (else an error naming it)."""
     values = list(cfg.MODEL.IOU_UNIFORM.get(key))
     if len(values) != num_stages:
         raise ValueError(
@@ -106,7 +109,7 @@ def generation_settings_from_cfg(cfg) -> List[GenerationSettings]:
     """One :class:`GenerationSettings` per stage of ``cfg`` (errors name the key)."""
     n = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     iu = cfg.MODEL.IOU_UNIFORM
-    rows = zip(*(_per_stage(cfg, k, n) for k in ("INTERVALS", "CENTER_SHIFTS", "SCALE_RANGES",
+    rows = zip(*(per_stage_values(cfg, k, n) for k in ("INTERVALS", "CENTER_SHIFTS", "SCALE_RANGES",
                                                   "SAMPLES_PER_GT")))  # fmt: skip
     return [
         GenerationSettings(
@@ -258,6 +261,7 @@ class UniformIoUSampler(StageSampler):
 
                 cfg = get_cfg()
                 add_iou_uniform_config(cfg)
+                cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5,)  # one stage
             settings = generation_settings_from_cfg(cfg)
         self.settings = list(settings)
         self.generator = generator
