@@ -27,6 +27,34 @@ AS_CORE_D2 = [
 ]  # fmt: skip
 
 
+# The instant-test sizes, to run any shapes config for a step in a test.
+INSTANT_SIZES = ["DATASETS.TRAIN", "('shapes_tiny_train',)",
+                 "DATASETS.TEST", "('shapes_tiny_val',)",
+                 "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", 224,
+                 "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224,
+                 "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
+                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "DATALOADER.NUM_WORKERS", 0,
+                 "SOLVER.IMS_PER_BATCH", 2]  # fmt: skip
+
+
+def instant_step(path, batch, inputs, seed=0):
+    """``path`` built at INSTANT_SIZES: one training pass on ``batch`` (losses summed, finite,
+    backpropagated) and one inference pass on ``inputs``. Returns (cfg, model, losses, the first
+    input's outputs)."""
+    cfg = cfg_of(path, *INSTANT_SIZES)
+    model = model_of(cfg, seed)
+    model.train()
+    with EventStorage(0):
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total), f"{path}: losses {losses}"
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(inputs)[0]
+    return cfg, model, losses, out
+
+
 def cfg_of(path, *opts):
     return setup_cfg(str(path), [str(o) for o in opts])
 

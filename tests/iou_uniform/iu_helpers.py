@@ -14,6 +14,7 @@ from core_helpers import (  # noqa: E402,F401
     cfg_of,
     detections_of,
     eval_inputs,
+    instant_step,
     losses_of,
     model_of,
     roi_test_pass,
@@ -27,13 +28,6 @@ FASTER = D / "iou_uniform_faster_rcnn_instant_test.yaml"
 CASCADE = D / "iou_uniform_cascade_rcnn_instant_test.yaml"
 # What turns an IoU-Uniform config into the box-cascade core with the branch off.
 OFF = ["MODEL.IOU_UNIFORM.ENABLED", "False", "MODEL.IOU_UNIFORM.EFO", "False"]
-# The instant-test sizes, for the shapes configs.
-INSTANT = ["DATASETS.TRAIN", "('shapes_tiny_train',)", "DATASETS.TEST", "('shapes_tiny_val',)",
-           "INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", 224,
-           "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224,
-           "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
-           "MODEL.RPN.POST_NMS_TOPK_TEST", 100, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
-           "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2]  # fmt: skip
 
 
 def slow_iou(a, b) -> float:

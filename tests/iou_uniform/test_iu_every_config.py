@@ -2,10 +2,7 @@
 instant-test sizes."""
 
 import pytest
-import torch
-from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
-from iu_helpers import FASTER, INSTANT, D, eval_inputs, train_batch
+from iu_helpers import FASTER, D, eval_inputs, instant_step, train_batch
 
 from cascade_zoo import setup_cfg
 
@@ -27,25 +24,13 @@ def test_the_shapes_configs_are_all_here():
 
 @pytest.mark.parametrize("path", SHAPES, ids=str)
 def test_config_trains_a_step_and_detects(path, data):
-    batch, inputs = data
-    cfg = setup_cfg(str(D / path), [str(o) for o in INSTANT])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    model.train()
-    with EventStorage(0):
-        losses = model(batch)
+    cfg, model, losses, out = instant_step(D / path, *data)
     iu = cfg.MODEL.IOU_UNIFORM
     stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     for t in range(stages):
         assert {f"loss_cls_stage{t}", f"loss_box_reg_stage{t}"} <= set(losses)
         assert (f"loss_iou_stage{t}" in losses) == (iu.ENABLED and iu.IOU_PREDICTION)
-    total = sum(losses.values())
-    assert torch.isfinite(total)
-    total.backward()
     if iu.ENABLED:
         assert model.roi_heads.iou_predictor[0].bbox_pred.weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        out = model(inputs)[0]
     assert len(out["instances"]) > 0 or not iu.THRESHOLD_BEFORE_IOU
     assert f"stage{stages}" in out["stage_instances"]
