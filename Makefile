@@ -17,7 +17,7 @@ demo: setup
 		--output $(DEMO_DIR)/predictions.png --score-threshold 0.2 MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
 
 test: setup lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 lint: setup
 	$(PY) -m ruff check .
