@@ -2,10 +2,11 @@
 extra evaluators that project packages add to every evaluation run by the trainer."""
 
 import logging
+from collections import defaultdict
 from typing import Dict
 
 import numpy as np
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, pascal_voc_evaluation
 from detectron2.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -42,3 +43,29 @@ class PerIoUCOCOEvaluator(COCOEvaluator):
                 + ", ".join(f"{k} {v:.2f}" for k, v in per_iou.items())
             )
         return results
+
+
+class PerIoUVOCEvaluator(PascalVOCDetectionEvaluator):
+    """Detectron2's Pascal VOC evaluator, reporting the mAP at every IoU threshold it computes
+    (AP50, AP55, ..., AP95; IoU-Uniform R-CNN's Table 1 reads AP50-AP90) beside its AP, AP50 and
+    AP75. Detectron2 evaluates every threshold but returns three numbers; this records the
+    per-class AP that each of its ``voc_eval`` calls returns."""
+
+    def evaluate(self):
+        per_iou = defaultdict(list)
+        original = pascal_voc_evaluation.voc_eval
+
+        def recording(*args, ovthresh=0.5, **kwargs):
+            rec, prec, ap = original(*args, ovthresh=ovthresh, **kwargs)
+            per_iou[int(round(ovthresh * 100))].append(ap * 100)
+            return rec, prec, ap
+
+        pascal_voc_evaluation.voc_eval = recording
+        try:
+            ret = super().evaluate()
+        finally:
+            pascal_voc_evaluation.voc_eval = original
+        if ret:
+            for iou, aps in sorted(per_iou.items()):
+                ret["bbox"][f"AP{iou}"] = float(np.mean(aps))
+        return ret

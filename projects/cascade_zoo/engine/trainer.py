@@ -15,7 +15,7 @@ from detectron2.data import (
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.hooks import PeriodicCheckpointer
-from detectron2.evaluation import DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
@@ -23,7 +23,7 @@ from detectron2.utils.registry import Registry
 from ..data.datasets import check_dataset_files, validate_dataset_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.stream import ResumableBatchSampler, build_stream_loader
-from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator
+from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator, PerIoUVOCEvaluator
 from ..evaluation_mr import MissRateEvaluator
 from ..utils.env import compiled_ops_available
 from .checkpoint import build_checkpointer
@@ -151,7 +151,7 @@ class ZooTrainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
+            return PerIoUVOCEvaluator(dataset_name)
         if evaluator_type == "crowdhuman":
             return MissRateEvaluator(dataset_name)
         if evaluator_type != "coco":
