@@ -70,7 +70,9 @@ def test_training_loops_equal_a_literal_restatement_losses_and_gradients():
     for t, (cls, box) in enumerate(literal):
         assert torch.allclose(losses[f"loss_cls_stage{t}"], cls, rtol=1e-5), t
         assert torch.allclose(losses[f"loss_box_reg_stage{t}"], box, rtol=1e-4, atol=1e-7), t
-    assert literal[1][1] > 0 and literal[2][1] > 0  # later loops have positives: not vacuous
+    # not vacuous: loop 1 trains on the ground truth it adds, and a later loop has positives
+    # too (which ones depends on the batch: SEED -1)
+    assert literal[0][1] > 0 and sum(box > 0 for _, box in literal) >= 2
     shared = [
         p for n, p in heads.named_parameters() if n.startswith(("box_head.", "box_predictor."))
     ]
