@@ -158,11 +158,8 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         self.iou_stats_period = iou_stats_period
         check_memory_support(self)
         self.head_rule = head_lr_rescale
-        params = dict(self.named_parameters())
-        self._gradient_scales = [
-            GradientScale([params[n] for n in names], factor)
-            for factor, names in group_by_value(self.head_gradient_multipliers())
-        ]
+        self._gradient_scales = []
+        self.install_head_rule()
 
     # ------------------------------------------------------------------ forward
 
@@ -392,6 +389,18 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         names = [n for n, _ in self.named_parameters()]
         every = self.mask_on and self.mask_strategy == "every"
         return head_gradient_multipliers(self.plan, names, every)
+
+    def install_head_rule(self, prefixes: Tuple[str, ...] = ()) -> None:
+        """Install the head rule's gradient factors (``head_gradient_multipliers``) on the
+        parameters, all of them or those under ``prefixes`` (a subclass calls it for the modules
+        it adds after the core's __init__)."""
+        params = dict(self.named_parameters())
+        rule = {n: f for n, f in self.head_gradient_multipliers().items()
+                if not prefixes or n.startswith(prefixes)}  # fmt: skip
+        self._gradient_scales += [
+            GradientScale([params[n] for n in names], factor)
+            for factor, names in group_by_value(rule)
+        ]
 
     def rcnn_parameter_names(self) -> List[str]:
         """The R-CNN module's parameters (cascade_zoo.engine.contract): every stage's box head

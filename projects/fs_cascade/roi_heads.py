@@ -23,7 +23,6 @@ from torch import nn
 
 from box_cascade import BoxCascadeROIHeads
 from box_cascade.build import check_memory_support
-from cascade_zoo.engine.gradients import GradientScale, group_by_value
 
 from .sharing import (
     LFS_MODES,
@@ -118,14 +117,7 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
         # the core checked the class's (memory-free) default; serial LFS reads the memory
         self.reads_memory = loc_heads is not None and lfs == "serial"
         check_memory_support(self)
-        params = dict(self.named_parameters())
-        conv_rule = {
-            n: f for n, f in self.head_gradient_multipliers().items() if n.startswith("loc_head.")
-        }
-        self._gradient_scales += [
-            GradientScale([params[n] for n in names], factor)
-            for factor, names in group_by_value(conv_rule)
-        ]
+        self.install_head_rule(("loc_head.",))
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -31,7 +31,6 @@ from torch import nn
 
 from box_cascade import BoxCascadeROIHeads, StageRecord, build_stage_sampler
 from box_cascade.stages import d2_pair
-from cascade_zoo.engine.gradients import GradientScale, group_by_value
 
 from .sampler import per_stage_values, resample_evenly, sample_count
 
@@ -209,13 +208,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         self.iou_head = nn.ModuleList(iou_heads)
         self.iou_predictor = nn.ModuleList(iou_predictors)
         # the core's head rule (1/w_t) for the branch of each stage too
-        params = dict(self.named_parameters())
-        branch = {n: f for n, f in self.head_gradient_multipliers().items()
-                  if n.startswith(BRANCH_PREFIXES)}  # fmt: skip
-        self._gradient_scales += [
-            GradientScale([params[n] for n in names], factor)
-            for factor, names in group_by_value(branch)
-        ]
+        self.install_head_rule(tuple(BRANCH_PREFIXES))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
