@@ -46,7 +46,7 @@ AP_COLUMNS = ["AP"] + [f"AP{50 + 5 * i}" for i in range(10)]
 # The fair protocol's backbone (docs/benchmark_protocol.md): the ResNet of a long Faster R-CNN
 # run, like the ImageNet-pretrained ResNet of the papers.
 PRETRAINED = {
-    "cascade_zoo://Benchmark/shapes_backbone_R_18.pth": (
+    "cascade_zoo://Benchmark/shapes_backbone_R_18_w32.pth": (
         "Benchmark/pretrain_faster_rcnn_R_18_FPN_shapes.yaml",
         0,
         "backbone.bottom_up.",

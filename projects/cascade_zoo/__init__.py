@@ -1,6 +1,7 @@
 """cascade-zoo's shared infrastructure: datasets, the trainer, launch and config set-up."""
 
 from . import (
+    backbone,  # noqa: F401  (registers build_any_width_resnet_fpn_backbone)
     data,  # noqa: F401  (registers the shapes datasets)
     model_zoo,  # its cascade_zoo:// path handler is registered below
 )
