@@ -251,11 +251,13 @@ class DetectingTrainer(FakeTrainer):
 
 
 def _gt(run):
-    from detectron2.data import MetadataCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     import cascade_zoo  # noqa: F401
 
-    return json.loads(Path(MetadataCatalog.get(run.diff["DATASETS.TEST"][0]).json_file).read_text())
+    name = run.diff["DATASETS.TEST"][0]
+    DatasetCatalog.get(name)  # writes the split on first use (the test may run alone)
+    return json.loads(Path(MetadataCatalog.get(name).json_file).read_text())
 
 
 def _counts(gt):
