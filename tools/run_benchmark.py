@@ -757,7 +757,8 @@ def write_results_md(grouped, path: Path, figures: List[str], command: str) -> N
         "(one per run; never edited by hand). Box AP (%) on `shapes_val`, mean ± std over the "
         "seeds, at each IoU threshold; for cascades, one row per stage below the model's "
         "final output. The protocol (same pretrained backbone for every method, schedule, "
-        "seeds) is in [benchmark_protocol.md](benchmark_protocol.md).",
+        "seeds) is in [benchmark_protocol.md](benchmark_protocol.md); results of earlier "
+        "protocols are archived in [archive/](archive/), not mixed in.",
         "",
         f"Regenerate: `{command}`",
         "",
@@ -769,7 +770,8 @@ def write_results_md(grouped, path: Path, figures: List[str], command: str) -> N
         "## Runs",
         "",
         "Wall time: training and the evaluations in it, on the device named (CPU runs shared a "
-        "2-core machine with other work unless the protocol says otherwise).",
+        "2-core machine with other work unless the protocol says otherwise; train s/iter is the "
+        "median time of a training iteration).",
         "",
         markdown_table(
             [
