@@ -38,6 +38,28 @@ def test_handler_maps_the_prefix_to_the_configured_directory(zoo):
         PathManager.get_local_path("cascade_zoo://../escape.pth")
 
 
+def test_a_file_the_zoo_lacks_is_read_from_the_shipped_copy(zoo, monkeypatch):
+    shipped = zoo / "shipped"
+    monkeypatch.setattr(model_zoo, "SHIPPED_DIR", shipped)
+    (shipped / "B").mkdir(parents=True)
+    (shipped / "B" / "w.pth").write_text("shipped")
+    assert PathManager.get_local_path("cascade_zoo://B/w.pth") == str(shipped / "B" / "w.pth")
+    assert PathManager.isfile("cascade_zoo://B/w.pth")
+    with PathManager.open("cascade_zoo://B/w.pth") as f:
+        assert f.read() == "shipped"
+    assert not PathManager.exists("cascade_zoo://B/other.pth")
+    # a file of the model-zoo directory comes first; writes never touch the shipped copy
+    PathManager.mkdirs("cascade_zoo://B")
+    with PathManager.open("cascade_zoo://B/w.pth", "w") as f:
+        f.write("zoo")
+    assert (zoo / "zoo" / "B" / "w.pth").read_text() == "zoo"
+    assert (shipped / "B" / "w.pth").read_text() == "shipped"
+    assert PathManager.get_local_path("cascade_zoo://B/w.pth") == str(zoo / "zoo" / "B" / "w.pth")
+    # a URL base: the shipped copy is read without downloading
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", "https://example.invalid/zoo")
+    assert PathManager.get_local_path("cascade_zoo://B/w.pth") == str(shipped / "B" / "w.pth")
+
+
 def test_handler_joins_a_url_base(monkeypatch):
     monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", "https://example.org/zoo/")
     assert model_zoo.CascadeZooHandler().resolve("cascade_zoo://X/y.pth") == (

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "Baselines/faster_rcnn_instant_test.yaml"
@@ -197,10 +198,10 @@ def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained
     monkeypatch.setitem(rb.PRETRAINED, weights, (CONFIG, 0, "backbone.bottom_up."))
     made = []
 
-    def extract(checkpoint, output, prefix):  # a new backbone file each time it is made
+    def extract(checkpoint, output, prefix):  # new backbone weights each time it is made
         made.append(checkpoint)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_bytes(f"backbone {len(made)}".encode())
+        torch.save({"model": {"backbone.bottom_up.w": torch.full((2,), float(len(made)))}}, output)
 
     monkeypatch.setattr(rb, "extract_weights", extract)
     trainer = FakeTrainer()
@@ -345,3 +346,33 @@ def test_readme_results_blocks_are_regenerated_and_the_rest_kept(rb, tmp_path):
     assert "| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± 0.7 |" in text
     assert "No results yet: `Other/not_run`." in text
     assert rb.write_readme_blocks(grouped, [readme]) == []  # unchanged the second time
+
+
+def test_weights_hash_follows_the_tensors_not_the_file(rb, tmp_path):
+    """Two files of the same weights, written with different extra keys (the source path), hash
+    the same; a changed value, name, dtype or shape changes the hash."""
+    weights = {"a.w": torch.arange(6.0).reshape(2, 3), "a.n": torch.tensor(3)}
+
+    def sha(model, **extra):
+        path = tmp_path / f"w{len(list(tmp_path.iterdir()))}.pth"
+        torch.save({"model": model, **extra}, path)
+        return rb.weights_sha256(path)
+
+    base = sha(weights, source="/one/clone/model_final.pth")
+    assert sha(dict(reversed(list(weights.items()))), source="/another/clone") == base
+    changed = dict(weights, **{"a.w": weights["a.w"].clone()})
+    changed["a.w"][1, 2] = 5.5
+    assert sha(changed) != base
+    assert sha({"b.w": weights["a.w"], "a.n": weights["a.n"]}) != base
+    assert sha(dict(weights, **{"a.w": weights["a.w"].double()})) != base
+    assert sha(dict(weights, **{"a.w": weights["a.w"].reshape(3, 2)})) != base
+    # an independent restatement for one tensor: sha256 over "name|dtype|shape" and the bytes
+    one = {"x": torch.tensor([1.0, -2.0], dtype=torch.float32)}
+    import hashlib
+    import struct
+
+    expected = hashlib.sha256(b"x|torch.float32|(2,)\n" + struct.pack("<2f", 1.0, -2.0))
+    assert sha(one) == expected.hexdigest()
+    torch.save([1, 2], tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="not a weights file"):
+        rb.weights_sha256(tmp_path / "bad.pth")

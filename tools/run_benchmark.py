@@ -13,8 +13,8 @@ config is identified by the hash of its non-default keys (the resolved config ag
 project's defaults, without OUTPUT_DIR, SEED and MODEL.DEVICE): a result file of another config
 is refused (renamed *.stale.json, then the run is re-done), a missing or unreadable one is re-done,
 and so is one trained from another version of the project-made pretrained backbone than the one
-now in use (its sha256 is in the result; renamed *.other-backbone.json): every row of a report
-starts from the same backbone.
+now in use (the sha256 of its weights is in the result; renamed *.other-backbone.json): every row
+of a report starts from the same backbone.
 A config whose MODEL.WEIGHTS is a pretrained file the project makes (PRETRAINED) gets it made
 first, by the same machinery. Finished runs publish model_final.pth and metrics.json under the
 model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
@@ -305,14 +305,33 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
 
 
 def _pretrained_sha256(run: Run) -> Optional[str]:
-    """The sha256 of the project-made pretrained file the run started from (None if none)."""
+    """The :func:`weights_sha256` of the project-made pretrained file the run started from (None
+    if none)."""
     weights = run.diff.get("MODEL.WEIGHTS", "")
     if weights not in PRETRAINED:
         return None
     from detectron2.utils.file_io import PathManager
 
     local = PathManager.get_local_path(weights)
-    return _sha256(Path(local)) if os.path.isfile(local) else None
+    return weights_sha256(Path(local)) if os.path.isfile(local) else None
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 of a weights file's tensors: each name, dtype, shape and the values, in name order.
+    The same weights hash the same wherever and by whichever torch the file was written (its
+    bytes also hold the pickle's layout and the path it was extracted from)."""
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state:
+        raise RuntimeError(f"{path}: not a weights file (expected a dict of tensors)")
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = torch.as_tensor(state[name]).detach().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _sha256(path: Path) -> str:

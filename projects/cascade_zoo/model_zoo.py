@@ -9,7 +9,9 @@
   imported) maps that prefix to the model-zoo base: ``$CASCADE_ZOO_MODEL_ZOO`` (a directory, or
   an ``http(s)://`` URL whose files are downloaded and cached by iopath), by default
   ``$CASCADE_ZOO_CACHE/model_zoo`` (``$CASCADE_ZOO_CACHE`` defaults to ``<repo>/.cache``).
-  ``tools/run_benchmark.py`` publishes its checkpoints there.
+  ``tools/run_benchmark.py`` publishes its checkpoints there. A file the base lacks is read from
+  the repository's own copy under ``benchmarks/model_zoo/`` if it ships one (the benchmark's
+  pretrained backbone: every clone starts from the same weights without re-making them).
 - Configs equivalent to a model of Detectron2's own model zoo (:data:`DETECTRON2_CHECKPOINTS`)
   resolve ``get_checkpoint_url``/``get(trained=True)`` to that model's ``detectron2://`` file.
 """
@@ -26,6 +28,8 @@ CONFIGS_DIR = REPO_ROOT / "configs"
 # The directory of the result files that tools/run_benchmark.py writes (one per trained model).
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 PREFIX = "cascade_zoo://"
+# Model-zoo files the repository ships, served when the model-zoo base lacks them.
+SHIPPED_DIR = REPO_ROOT / "benchmarks" / "model_zoo"
 
 # Configs of this project that are the same model as one of Detectron2's model zoo, mapped to
 # that model's name in ``detectron2.model_zoo``: its checkpoint loads into the config unchanged.
@@ -76,21 +80,33 @@ class CascadeZooHandler(PathHandler):
             return base.rstrip("/") + "/" + name
         return os.path.join(base, name)
 
-    def _get_local_path(self, path, **kwargs):
+    def _source(self, path: str) -> str:
+        """Where ``path`` is read from: the model-zoo directory's file if it is there, else the
+        repository's shipped copy if there is one, else :meth:`resolve` (a URL, or a missing
+        file)."""
         target = self.resolve(path)
+        if not _is_url(target) and os.path.exists(target):
+            return target
+        shipped = SHIPPED_DIR / path[len(PREFIX) :].lstrip("/")
+        return str(shipped) if shipped.exists() else target
+
+    def _get_local_path(self, path, **kwargs):
+        target = self._source(path)
         if _is_url(target):
             return PathManager.get_local_path(target, **kwargs)
         return target
 
     def _open(self, path, mode="r", **kwargs):
+        if any(m in mode for m in "wax+"):  # writes go to the model-zoo base, never the repository
+            return PathManager.open(self.resolve(path), mode, **kwargs)
         return PathManager.open(self._get_local_path(path), mode, **kwargs)
 
     def _exists(self, path, **kwargs):
-        target = self.resolve(path)
+        target = self._source(path)
         return PathManager.exists(target) if not _is_url(target) else True
 
     def _isfile(self, path, **kwargs):
-        return os.path.isfile(self.resolve(path))
+        return os.path.isfile(self._source(path))
 
     def _isdir(self, path, **kwargs):
         return os.path.isdir(self.resolve(path))
