@@ -1,7 +1,7 @@
 # The README's commands. Each runs the set-up step first (dev/setup_env.sh, idempotent).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_CONFIG := configs/CascadeRCNN/cascade_rcnn_R_18_FPN_short_shapes.yaml
+DEMO_CONFIG := configs/CascadeRCNN/cascade_rcnn_R_18_FPN_finetune_shapes.yaml
 DEMO_DIR := output/demo
 
 .PHONY: setup demo test lint format benchmark results
