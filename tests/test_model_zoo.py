@@ -10,6 +10,7 @@ from detectron2.utils.file_io import PathManager
 from cascade_zoo import model_zoo
 
 CONFIG = "Baselines/faster_rcnn_instant_test.yaml"
+DEMO_CONFIG = "cascade_rcnn_R_18_FPN_finetune_shapes.yaml"
 
 
 @pytest.fixture
@@ -126,3 +127,22 @@ def test_get_trained_loads_the_published_weights(zoo):
     untrained = model_zoo.get(CONFIG, trained=False, device="cpu")
     name = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(untrained.state_dict()[name], expected[name])
+
+
+def test_the_shipped_backbone_loads_into_the_demo_config():
+    """make demo's config names cascade_zoo://Benchmark/shapes_backbone_R_18_w32.pth: the shipped
+    file is found and every ResNet weight of the built model comes from it."""
+    from detectron2.modeling import build_model
+
+    from cascade_zoo.config import get_zoo_cfg
+
+    cfg = get_zoo_cfg()
+    cfg.merge_from_file(str(model_zoo.CONFIGS_DIR / "CascadeRCNN" / DEMO_CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    shipped = torch.load(PathManager.get_local_path(cfg.MODEL.WEIGHTS), weights_only=False)["model"]
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.bottom_up.")}
+    assert own and sorted(own) == sorted(shipped)
+    for name, value in own.items():
+        assert torch.equal(value, shipped[name]), name
