@@ -393,27 +393,43 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         """Per image (Ri, 1): the IoU the branch predicts at the boxes the stage ran on."""
         return list(record.predictions["iou"].split(record.num_boxes))
 
-    def efo_ious(self, features, record: StageRecord, boxes) -> List[torch.Tensor]:
+    def efo_ious(self, features, record: StageRecord, boxes, live=None) -> List[torch.Tensor]:
         """Sec. 3.2: per image (Ri, 1), the IoU the stage's branch predicts from features pooled
         again at its regressed ``boxes`` (per image (Ri, 4), clipped to the image as the
-        detections are)."""
+        detections are). ``live``: per image (Ri,) bool, the boxes to pool again; the others get
+        IoU 0 (for boxes no score can keep, see ``rescore``)."""
         refined = []
-        for b, p in zip(boxes, record.proposals):
+        for i, (b, p) in enumerate(zip(boxes, record.proposals)):
             b = Boxes(b.reshape(-1, 4).clone())
             b.clip(p.image_size)
-            refined.append(b)
+            refined.append(b if live is None else b[live[i]])
         pooled = self.box_pooler(features, refined)
-        return list(self.branch_predict(record.stage, pooled)["iou"].split(record.num_boxes))
+        ious = self.branch_predict(record.stage, pooled)["iou"].split([len(b) for b in refined])
+        if live is None:
+            return list(ious)
+        out = []
+        for keep, iou in zip(live, ious):
+            full = iou.new_zeros((len(keep), iou.shape[1]))
+            full[keep] = iou
+            out.append(full)
+        return out
 
     def rescore(self, features, record, boxes, probs):
         """Class probability x predicted IoU (EFO's, or the first pass's), the score threshold
-        applied (see ``iou_guided_scores``)."""
+        applied (see ``iou_guided_scores``). EFO pools again only the boxes with a class
+        probability above the threshold: the IoU is clamped to [0, 1], so it can only lower a
+        score, and the other boxes are dropped whatever their IoU: the same detections, pooling
+        again only the boxes that can be kept."""
         if not self.iou_prediction:
             return super().rescore(features, record, boxes, probs)
-        ious = self.efo_ious(features, record, boxes) if self.efo else self.first_pass_ious(record)
         thresh = self._rescore_thresh
         if thresh is None:
             thresh = self._predictor(record.stage).test_score_thresh
+        if self.efo:
+            live = [(p[:, :-1] > thresh).any(dim=1) for p in probs]
+            ious = self.efo_ious(features, record, boxes, live)
+        else:
+            ious = self.first_pass_ious(record)
         return [iou_guided_scores(p, i, thresh, self.threshold_before_iou)
                 for p, i in zip(probs, ious)]  # fmt: skip
 

@@ -100,16 +100,23 @@ def _same(got, want):
 SETTINGS = [(True, True), (False, True), (True, False), (False, False)]
 
 
+# Score thresholds: one below every box's best class probability with these weights, one above
+# some (EFO then pools again only part of the boxes; test_efo_pools_again_only_... checks both).
+THRESHOLDS = {FASTER: (0.07, 0.7), CASCADE: (0.07, 0.3)}
+
+
+@pytest.mark.parametrize("high", [False, True], ids=["low_thresh", "high_thresh"])
 @pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster", "cascade"])
 @pytest.mark.parametrize("efo, before", SETTINGS, ids=lambda v: str(v))
-def test_detections_equal_the_literal_scoring(config, efo, before):
+def test_detections_equal_the_literal_scoring(config, efo, before, high):
+    thresh = THRESHOLDS[config][high]
     cfg = cfg_of(config, "MODEL.IOU_UNIFORM.EFO", efo, "MODEL.IOU_UNIFORM.THRESHOLD_BEFORE_IOU",
-                 before, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.07, "TEST.DETECTIONS_PER_IMAGE",
+                 before, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh, "TEST.DETECTIONS_PER_IMAGE",
                  1000)  # fmt: skip
     model = model_of(cfg)
     spread(model)
     inputs = eval_inputs(cfg, 1)
-    _same(_got(model, inputs), literal(model, inputs, efo, before, 0.07))
+    _same(_got(model, inputs), literal(model, inputs, efo, before, thresh))
 
 
 def test_threshold_placement_and_efo_matter_here():
@@ -146,3 +153,34 @@ def test_efo_changes_the_iou_scores_and_not_the_boxes(monkeypatch):
     passed = a >= 0
     assert torch.equal(passed, b >= 0)  # the threshold is on the class probability
     assert not torch.allclose(a[passed], b[passed])
+
+
+@pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster", "cascade"])
+@pytest.mark.parametrize("high", [False, True], ids=["low_thresh", "high_thresh"])
+def test_efo_pools_again_only_the_boxes_a_score_can_keep(config, high, monkeypatch):
+    """EFO skips the boxes whose every class probability fails the threshold (their scores are
+    dropped whatever the IoU): at the low threshold none, at the high one some but not all, so
+    the literal comparisons above cover both kinds of box."""
+    thresh = THRESHOLDS[config][high]
+    cfg = cfg_of(config, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh)
+    model = model_of(cfg)
+    spread(model)
+    heads = model.roi_heads
+    seen = {}
+    original = heads.efo_ious
+
+    def recording(features, record, boxes, live=None):
+        seen["live"], seen["probs"] = live, heads.stage_probs(record)
+        return original(features, record, boxes, live)
+
+    monkeypatch.setattr(heads, "efo_ious", recording)
+    _got(model, eval_inputs(cfg, 1))
+    live = seen["live"][0]
+    if high:
+        assert 0 < int(live.sum()) < len(live)
+    else:
+        assert bool(live.all())
+    if config == FASTER:  # one stage: its own probabilities are the ones thresholded
+        probs = seen["probs"][0]
+        want = [any(float(p) > thresh for p in row[:-1]) for row in probs]
+        assert live.tolist() == want
