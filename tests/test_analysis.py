@@ -223,6 +223,48 @@ def test_cost_report_side_by_side_with_ratios(tmp_path):
     assert proc.returncode == 0
 
 
+def test_interleaved_timing_of_own_checkpoints_times_them_as_loaded(tmp_path, monkeypatch):
+    """With own_weights each model loads its config's MODEL.WEIGHTS (not the first model's
+    weights), and inference is timed before the training steps change them."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    import cascade_zoo.benchmark as bench
+
+    paths, want = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = build_model(setup_cfg(str(CORE_INSTANT), []))
+        DetectionCheckpointer(model, save_dir=str(tmp_path)).save(f"m{seed}")
+        paths.append(tmp_path / f"m{seed}.pth")
+        want.append(model.roi_heads.box_predictor[2].cls_score.weight.detach().clone())
+    assert not torch.equal(*want)
+    seen = []
+
+    def fingerprint(model, batch, clock=None):
+        seen.append(model.roi_heads.box_predictor[2].cls_score.weight.detach().clone())
+        return 0.0
+
+    monkeypatch.setattr(bench, "_inference", fingerprint)
+    cfgs = [setup_cfg(str(CORE_INSTANT), ["MODEL.WEIGHTS", str(p)]) for p in paths]
+    bench.measure_interleaved(cfgs, train_iters=1, warmup=1, infer_images=1, own_weights=True)
+    # two test images (1 warm-up + 1), the models taking turns: 0, 1, then 1, 0
+    assert [torch.equal(w, want[0]) for w in seen] == [True, False, False, True]
+    assert [torch.equal(w, want[1]) for w in seen] == [False, True, True, False]
+    # without own_weights the second model starts from the first one's weights
+    seen.clear()
+    bench.measure_interleaved(cfgs, train_iters=0, warmup=1, infer_images=1)
+    assert not any(torch.equal(w, want[1]) for w in seen)
+
+
+def test_cost_report_refuses_weights_that_do_not_match_the_configs(tmp_path):
+    proc = tool("benchmark.py", "--configs", FASTER_INSTANT, CORE_INSTANT, "--weights",
+                tmp_path / "a.pth", check=False)  # fmt: skip
+    assert proc.returncode != 0 and "--weights: 1 checkpoint(s) for 2 config(s)" in proc.stdout
+    proc = tool("benchmark.py", "--configs", FASTER_INSTANT, "--weights", tmp_path / "a.pth",
+                check=False)  # fmt: skip
+    assert proc.returncode != 0 and "a.pth' not found" in proc.stdout
+
+
 def test_visualize_per_stage_and_without_stage_outputs(trained_core, tmp_path):
     out, _ = trained_core
     png = tmp_path / "stages.png"

@@ -47,13 +47,19 @@ def _measure_interleaved(args):
     from cascade_zoo import setup_cfg
     from cascade_zoo.benchmark import measure_interleaved
 
-    cfgs = [setup_cfg(path, args.opts) for path in args.interleaved_run.split(",")]
+    paths = args.interleaved_run.split(",")
+    weights = args.interleaved_weights.split(",") if args.interleaved_weights else None
+    cfgs = [
+        setup_cfg(path, args.opts + (["MODEL.WEIGHTS", weights[i]] if weights else []))
+        for i, path in enumerate(paths)
+    ]
     out = measure_interleaved(
         cfgs,
         train_iters=args.train_iters,
         warmup=args.warmup,
         infer_images=args.infer_images,
         clock=args.clock,
+        own_weights=weights is not None,
     )
     print("BENCHMARK_JSON " + json.dumps(out))
 
@@ -132,7 +138,14 @@ def main(argv=None):
         help="wall: elapsed seconds; cpu: CPU seconds of the measuring process, all threads "
         "(the cost of the code itself on a machine shared with other work)",
     )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        help="one checkpoint per config (in --configs' order) for each to load, e.g. trained "
+        "models: the cost after the score threshold depends on how many boxes pass it",
+    )
     parser.add_argument("--interleaved-run", help=argparse.SUPPRESS)  # comma-separated configs
+    parser.add_argument("--interleaved-weights", help=argparse.SUPPRESS)  # comma-separated
     parser.add_argument("--output", help="Markdown file to write (default: print only)")
     parser.add_argument("--title", default="CPU configs on the shapes dataset")
     parser.add_argument("--single", help=argparse.SUPPRESS)
@@ -148,14 +161,28 @@ def main(argv=None):
     for path in args.configs:
         if not os.path.isfile(path):
             sys.exit(f"error: config '{path}' not found")
+    weights = args.weights or []
+    if weights:
+        if len(weights) != len(args.configs):
+            sys.exit(
+                f"error: --weights: {len(weights)} checkpoint(s) for {len(args.configs)} "
+                "config(s); give one per config, in --configs' order"
+            )
+        for w in weights:
+            if "://" not in w and not os.path.isfile(w):
+                sys.exit(f"error: --weights: checkpoint '{w}' not found")
+        if any("," in w for w in weights):
+            sys.exit("error: --weights: a checkpoint path holds a comma")
     runs = {path: [] for path in args.configs}
     for round_ in range(args.repeat):
-        for path in args.configs:
+        for k, path in enumerate(args.configs):
             counts = ["--train-iters", args.train_iters, "--warmup", args.warmup]
             counts += ["--infer-images", args.infer_images, "--clock", args.clock]
             flags = ["--no-flops"] if args.no_flops else []
             cmd = [sys.executable, __file__, "--single", path, *map(str, counts), *flags]
             cmd += args.opts
+            if weights:
+                cmd += ["MODEL.WEIGHTS", weights[k]]
             print(f"benchmarking {path} (round {round_ + 1}/{args.repeat}) ...", flush=True)
             runs[path].append(_run(cmd, path))
     rows = [{"config": path, **_mean(results)} for path, results in runs.items()]
@@ -171,7 +198,10 @@ def main(argv=None):
         for round_ in range(args.repeat):
             print(f"benchmarking interleaved (round {round_ + 1}/{args.repeat}) ...", flush=True)
             cmd = [sys.executable, __file__, *map(str, counts)]
-            cmd += ["--interleaved-run", ",".join(args.configs), *args.opts]
+            cmd += ["--interleaved-run", ",".join(args.configs)]
+            if weights:
+                cmd += ["--interleaved-weights", ",".join(weights)]
+            cmd += args.opts
             results = _run(cmd, "interleaved")
             for row, res in zip(rows, results):
                 for key, value in res.items():
@@ -186,6 +216,11 @@ def main(argv=None):
             f"(train: median of {args.train_iters} steps after {args.warmup} warm-up; inference: "
             f"median over {args.infer_images} test images), mean of {args.repeat} rounds; peak "
             "memory, parameters and FLOPs: each config in its own process."
+        )
+    if weights:
+        timing += (
+            " Each config loads its own checkpoint (--weights) and its inference is timed first, "
+            "on the weights as loaded."
         )
     if args.clock == "cpu":
         timing += (

@@ -76,24 +76,37 @@ def _inference(model, batch, clock=time.perf_counter) -> float:
 
 
 def measure_interleaved(
-    cfgs, *, train_iters: int = 10, warmup: int = 3, infer_images: int = 20, clock: str = "wall"
+    cfgs,
+    *,
+    train_iters: int = 10,
+    warmup: int = 3,
+    infer_images: int = 20,
+    clock: str = "wall",
+    own_weights: bool = False,
 ) -> List[Dict]:
     """Time several configs in one process on the same inputs, taking turns at every step (the
     order rotating), so that the machine's drift and process-to-process noise hit all alike.
     Inputs come from the first config's datasets; models start from the first model's weights
-    where parameter names and shapes agree. Returns, per config, train_s_per_iter and
-    infer_ms_per_image (medians, by ``clock``, a key of CLOCKS)."""
+    where parameter names and shapes agree, or with ``own_weights`` each from its config's
+    MODEL.WEIGHTS (e.g. trained models: how many boxes pass the score threshold, and so the cost
+    of what follows it, depends on the weights). Inference is timed before the training steps,
+    on the models as loaded. Returns, per config, train_s_per_iter and infer_ms_per_image
+    (medians, by ``clock``, a key of CLOCKS)."""
     tick = CLOCKS[clock]
     torch.manual_seed(0)
     first = cfgs[0]
     for name in (*first.DATASETS.TRAIN, *first.DATASETS.TEST):
         prepare_shapes(name)
     models = [build_model(cfg) for cfg in cfgs]
-    reference = models[0].state_dict()
-    for model in models[1:]:
-        own = model.state_dict()
-        same = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(same, strict=False)
+    if own_weights:
+        for cfg, model in zip(cfgs, models):
+            build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
+    else:
+        reference = models[0].state_dict()
+        for model in models[1:]:
+            own = model.state_dict()
+            same = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(same, strict=False)
     optimizers = [ZooTrainer.build_optimizer(cfg, m) for cfg, m in zip(cfgs, models)]
     batches = list(itertools.islice(ZooTrainer.build_train_loader(first), warmup + train_iters))
     count = min(infer_images + warmup, len(DatasetCatalog.get(first.DATASETS.TEST[0])))
@@ -103,13 +116,13 @@ def measure_interleaved(
     n = len(models)
     train = [[] for _ in models]
     infer = [[] for _ in models]
+    for i, batch in enumerate(tests):
+        for j in [(i + k) % n for k in range(n)]:
+            infer[j].append(_inference(models[j], batch, tick))
     with EventStorage(0):
         for i, batch in enumerate(batches):
             for j in [(i + k) % n for k in range(n)]:
                 train[j].append(_train_step(models[j], optimizers[j], batch, tick))
-    for i, batch in enumerate(tests):
-        for j in [(i + k) % n for k in range(n)]:
-            infer[j].append(_inference(models[j], batch, tick))
     return [
         {
             "train_s_per_iter": statistics.median(t[warmup:]) if train_iters else float("nan"),
@@ -160,16 +173,16 @@ def measure(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
+    if infer_images > 0:  # first: the model as loaded
+        times = [_inference(model, batch, tick) for batch in test_inputs]
+        result["infer_ms_per_image"] = 1000 * statistics.median(times[warmup:] or times)
+
     if train_iters > 0:
         batches = list(itertools.islice(ZooTrainer.build_train_loader(cfg), warmup + train_iters))
         optimizer = ZooTrainer.build_optimizer(cfg, model)
         with EventStorage(0):
             times = [_train_step(model, optimizer, batch, tick) for batch in batches]
         result["train_s_per_iter"] = statistics.median(times[warmup:])
-
-    if infer_images > 0:
-        times = [_inference(model, batch, tick) for batch in test_inputs]
-        result["infer_ms_per_image"] = 1000 * statistics.median(times[warmup:] or times)
 
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
