@@ -223,6 +223,42 @@ def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained
     assert (source.result_path.parent / "seed0.lost-checkpoint.json").is_file()
 
 
+def test_report_leaves_out_results_of_another_backbone(rb, tmp_path, monkeypatch, caplog):
+    """A result made from another version of the project's pretrained backbone is not averaged
+    with the others (the runner makes it again; see the test above)."""
+    zoo = tmp_path / "zoo"
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(zoo))
+    weights = "cascade_zoo://Test/backbone.pth"
+    # a repository whose configs start from that backbone, as the Benchmark configs do
+    repo = tmp_path / "repo"
+    start = f'MODEL:\n  WEIGHTS: "{weights}"\n'
+    for name, base, extra in [("Test/pretrain.yaml", CONFIG, ""),
+                              ("Test/from_backbone.yaml", CASCADE, start)]:  # fmt: skip
+        (repo / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "configs" / name).write_text(f'_BASE_: "{ROOT / "configs" / base}"\n{extra}')
+    monkeypatch.setattr(rb, "REPO", repo)
+    monkeypatch.setitem(rb.PRETRAINED, weights, ("Test/pretrain.yaml", 0, "backbone.bottom_up."))
+
+    def extract(checkpoint, output, prefix):
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": {"backbone.bottom_up.w": torch.ones(2)}}, output)
+
+    monkeypatch.setattr(rb, "extract_weights", extract)
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        _execute(rb, rb.Run("Test/from_backbone.yaml", seed, results, tmp_path / "runs"),
+                 FakeTrainer())  # fmt: skip
+    assert len(rb.load_results(results)["Test/from_backbone"]) == 2
+    # the backbone file changes under seed 1's result (seed 0 is made again from the new one)
+    torch.save(
+        {"model": {"backbone.bottom_up.w": torch.full((2,), 2.0)}}, zoo / "Test/backbone.pth"
+    )
+    _execute(rb, rb.Run("Test/from_backbone.yaml", 0, results, tmp_path / "runs"), FakeTrainer())
+    grouped = rb.load_results(results)["Test/from_backbone"]
+    assert [r["seed"] for r in grouped] == [0]
+    assert "seed1.json: trained from another pretrained backbone" in caplog.text
+
+
 # ---------------------------------------------------------------- subsets, variants, backfill
 
 

@@ -21,6 +21,7 @@ model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -305,15 +306,25 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
 
 
 def _pretrained_sha256(run: Run) -> Optional[str]:
-    """The :func:`weights_sha256` of the project-made pretrained file the run started from (None
-    if none)."""
+    """The :func:`weights_sha256` of the project-made pretrained file the run starts from (None
+    if none, or if the file is not there)."""
     weights = run.diff.get("MODEL.WEIGHTS", "")
     if weights not in PRETRAINED:
         return None
     from detectron2.utils.file_io import PathManager
 
     local = PathManager.get_local_path(weights)
-    return weights_sha256(Path(local)) if os.path.isfile(local) else None
+    if not os.path.isfile(local):
+        return None
+    stat = os.stat(local)
+    return _cached_weights_sha256(local, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_weights_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """:func:`weights_sha256`, once per version of a file (a report reads many results of the
+    same backbone)."""
+    return weights_sha256(Path(path))
 
 
 def weights_sha256(path: Path) -> str:
@@ -571,7 +582,8 @@ def extract_weights(checkpoint: Path, output: str, prefix: str) -> None:
 
 def load_results(results_dir: Path) -> "OrderedDict[str, List[dict]]":
     """Every valid result file under ``results_dir``, grouped by name (stale, corrupt files and
-    results of a config that changed since are left out, with a warning)."""
+    results of a config that changed since or of another version of its pretrained backbone are
+    left out, with a warning)."""
     grouped = OrderedDict()
     for path in sorted(Path(results_dir).glob("**/seed*.json")):
         if not re.fullmatch(r"seed\d+\.json", path.name):
@@ -585,6 +597,14 @@ def load_results(results_dir: Path) -> "OrderedDict[str, List[dict]]":
         status, data = read_result(run)
         if status != "ok":
             logger.warning(f"{path}: {status} ({data}); left out of the report")
+            continue
+        backbone = _pretrained_sha256(run)
+        if backbone and data.get("pretrained_sha256") != backbone:
+            logger.warning(
+                f"{path}: trained from another pretrained backbone (sha256 "
+                f"{str(data.get('pretrained_sha256'))[:12]}, now {backbone[:12]}); left out of the "
+                "report (the runner makes it again)"
+            )
             continue
         grouped.setdefault(name, []).append(data)
     return grouped
