@@ -150,7 +150,9 @@ class Run:
 
 
 def read_result(run: Run):
-    """("ok", data) | ("missing", None) | ("corrupt", reason) | ("stale", other hash)."""
+    """("ok", data) | ("missing", None) | ("corrupt", reason) | ("stale", other hash) |
+    ("other-backbone", its backbone's sha256): made from another version of the project-made
+    pretrained backbone than the one now in use."""
     if not run.result_path.is_file():
         return "missing", None
     try:
@@ -165,6 +167,9 @@ def read_result(run: Run):
         return "corrupt", f"{type(e).__name__}: {e}"
     if data.get("config_hash") != run.hash:
         return "stale", data.get("config_hash")
+    backbone = _pretrained_sha256(run)
+    if backbone and data.get("pretrained_sha256") != backbone:
+        return "other-backbone", data.get("pretrained_sha256")
     return "ok", data
 
 
@@ -484,15 +489,13 @@ def execute(
     ``fill_missing``: add the subsets / variants to a valid one lacking them (:func:`backfill`)."""
     ensure_pretrained(run, device=device, trainer=trainer)
     status, data = read_result(run)
-    backbone = _pretrained_sha256(run)
-    if status == "ok" and data.get("pretrained_sha256") != backbone:
+    if status == "other-backbone":
         aside = _set_aside(run.result_path, "other-backbone")
         logger.warning(
             f"{run.result_path}: trained from another pretrained backbone (sha256 "
-            f"{str(data.get('pretrained_sha256'))[:12]}, now {str(backbone)[:12]}); "
+            f"{str(data)[:12]}, now {str(_pretrained_sha256(run))[:12]}); "
             f"refused and moved to {aside}; running again"
         )
-        status = "other-backbone"
     if status == "ok":
         if fill_missing and _needs_backfill(run, data):
             return backfill(run, data, device=device, trainer=trainer)
@@ -595,16 +598,14 @@ def load_results(results_dir: Path) -> "OrderedDict[str, List[dict]]":
             continue
         run = Run(f"{name}.yaml", int(path.name[4:-5]), results_dir, Path("."))
         status, data = read_result(run)
+        if status == "other-backbone":
+            logger.warning(
+                f"{path}: trained from another pretrained backbone (sha256 {str(data)[:12]}); "
+                "left out of the report (the runner makes it again)"
+            )
+            continue
         if status != "ok":
             logger.warning(f"{path}: {status} ({data}); left out of the report")
-            continue
-        backbone = _pretrained_sha256(run)
-        if backbone and data.get("pretrained_sha256") != backbone:
-            logger.warning(
-                f"{path}: trained from another pretrained backbone (sha256 "
-                f"{str(data.get('pretrained_sha256'))[:12]}, now {backbone[:12]}); left out of the "
-                "report (the runner makes it again)"
-            )
             continue
         grouped.setdefault(name, []).append(data)
     return grouped
