@@ -342,6 +342,20 @@ def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch):
     assert [r[1] for r in rows] == ["L_e=1", "L_e=2"] and rows[1][3] == "20.0"
 
 
+def test_every_eval_variant_names_a_benchmark_config_and_changes_it(rb):
+    """A typo in a variant's key, or a variant equal to the trained config, would only show at
+    the end of a long run (or never): each must resolve and differ from the run's own config."""
+    assert rb.EVAL_VARIANTS
+    for name, variants in rb.EVAL_VARIANTS.items():
+        config = ROOT / "configs" / f"{name}.yaml"
+        assert config.is_file(), name
+        own = rb.config_diff(str(config))
+        for variant, opts in variants:
+            changed = rb.config_diff(str(config), opts)
+            assert changed != own, (name, variant)
+            assert {k for k in changed if changed[k] != own.get(k)} <= set(opts[0::2]), variant
+
+
 def test_fill_missing_retrains_a_gone_run_and_adds_only_to_the_same_model(rb, tmp_path, caplog):
     import shutil
 

@@ -63,6 +63,14 @@ EVAL_VARIANTS = {
     "Benchmark/r3_cnn_R_18_FPN_shapes": [
         (f"L_e={n}", ["MODEL.BOX_CASCADE.NUM_TEST_STAGES", str(n)]) for n in range(1, 6)
     ],
+    # IoU-Uniform Table 6 "EFO: No" / Fig. 8(a): the trained model ranked by the IoU predicted
+    # at the input boxes, without re-pooling at the refined ones
+    **{
+        f"Benchmark/iou_uniform_{arch}_rcnn_R_18_FPN_shapes": [
+            ("no EFO", ["MODEL.IOU_UNIFORM.EFO", "False"])
+        ]
+        for arch in ("faster", "cascade")
+    },
 }
 
 logger = logging.getLogger("run_benchmark")
