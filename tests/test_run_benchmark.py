@@ -175,7 +175,7 @@ def test_reports_mean_std_per_iou_and_stages(rb, tmp_path):
     ]
     assert len(grouped["Baselines/faster_rcnn_instant_test"]) == 2
     figures = rb.plot_results(grouped, tmp_path / "fig", "Baselines/faster_rcnn_instant_test")
-    assert len(figures) == 3 and all(Path(f).stat().st_size > 0 for f in figures)
+    assert len(figures) == 4 and all(Path(f).stat().st_size > 0 for f in figures)
     md = tmp_path / "results.md"
     rb.write_results_md(grouped, md, figures, "cmd")
     text = md.read_text()
@@ -187,6 +187,36 @@ def test_reports_mean_std_per_iou_and_stages(rb, tmp_path):
     rb.write_model_zoo_md(grouped, zoo)
     url = "cascade_zoo://CascadeRCNN/cascade_rcnn_instant_test/seed1/model_final.pth"
     assert url in zoo.read_text()
+
+
+def test_stage_gaps_pair_the_seeds_and_reach_results_md_and_readme_blocks(rb, tmp_path):
+    """FSCascade's Fig. 1 / 3 rows. The fake trainer's stage k is the final AP - k at every IoU,
+    so stage2 - stage1 is -1; against the baseline, seed s gives (base_s + s - 2) - (10 + s)."""
+    stages = ("stage1", "stage2", "ensemble")
+    baseline = "Baselines/faster_rcnn_instant_test"
+    cascade = "CascadeRCNN/cascade_rcnn_instant_test"
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer(ap_base=10.0))
+    for seed, base in ((0, 14.0), (1, 15.0), (2, 40.0)):  # seed 2 has no baseline to pair with
+        _execute(rb, _run(rb, tmp_path, CASCADE, seed), FakeTrainer(ap_base=base, stages=stages))
+    grouped = rb.load_results(tmp_path / "results")
+    gaps = rb.stage_gaps(grouped, baseline)
+    assert list(gaps) == [f"`{cascade}` stage2 - stage1", f"`{cascade}` stage2 - `{baseline}`"]
+    assert all(v == pytest.approx([-1.0] * 3) for v in gaps[f"`{cascade}` stage2 - stage1"])
+    assert all(v == pytest.approx([2.0, 3.0]) for v in gaps[f"`{cascade}` stage2 - `{baseline}`"])
+    std = math.sqrt((0.5**2 + 0.5**2) / 1)
+    md = tmp_path / "results.md"
+    figures = rb.plot_results(grouped, tmp_path / "fig", baseline)
+    assert any(f.endswith("results_stage_gaps.png") for f in figures)
+    rb.write_results_md(grouped, md, figures, "cmd", baseline)
+    text = md.read_text()
+    assert f"| `{cascade}` stage2 - stage1 | 3 | -1.00 ± 0.00 |" in text
+    assert f"| `{cascade}` stage2 - `{baseline}` | 2 | 2.50 ± {std:.2f} |" in text
+    block = rb.results_block(grouped, [baseline, cascade, "+gaps"])
+    assert f"| `{cascade}` stage2 - `{baseline}` | 2 | 2.50 ± {std:.2f} |" in block
+    assert "+gaps" not in block and "stage2 - stage1" not in rb.results_block(grouped, [cascade])
+    with pytest.raises(ValueError, match=r"\+gap"):
+        rb.results_block(grouped, [cascade, "+gap"])
 
 
 def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained(

@@ -687,6 +687,44 @@ def variant_rows(grouped) -> List[list]:
     return rows
 
 
+def _last_stage(results) -> Optional[int]:
+    """The highest N with a "stageN" AP table in every one of ``results``."""
+    common = None
+    for r in results:
+        found = map(re.compile(r"stage(\d+)").fullmatch, r["metrics"].get("stages") or {})
+        have = {int(m.group(1)) for m in found if m}
+        common = have if common is None else common & have
+    return max(common) if common else None
+
+
+def stage_gaps(grouped, baseline: Optional[str]) -> "OrderedDict[str, List[List[float]]]":
+    """FSCascade's Fig. 1 / 3 for every cascade of ``grouped``: at each IoU 0.50..0.95, the last
+    stage's AP minus the stage before it, and minus ``baseline``'s final AP of the same seed;
+    label -> per IoU, the list of per-seed differences."""
+    base = {r["seed"]: r["metrics"]["bbox"] for r in grouped.get(baseline, [])}
+    out = OrderedDict()
+    for name, results in grouped.items():
+        n = _last_stage(results)
+        if n is None or n < 2:
+            continue
+        last, before = f"stage{n}", f"stage{n - 1}"
+        table = lambda r, s: r["metrics"]["stages"][s]  # noqa: E731
+        out[f"`{name}` {last} - {before}"] = [
+            [table(r, last)[k] - table(r, before)[k] for r in results] for k in AP_COLUMNS[1:]
+        ]
+        paired = [r for r in results if r["seed"] in base]
+        if paired and name != baseline:
+            out[f"`{name}` {last} - `{baseline}`"] = [
+                [table(r, last)[k] - base[r["seed"]][k] for r in paired] for k in AP_COLUMNS[1:]
+            ]
+    return out
+
+
+def stage_gap_rows(gaps) -> List[list]:
+    """The rows of :func:`stage_gaps`: label, seeds, mean ± std at each IoU (2 decimals)."""
+    return [[label, len(d[0])] + [_pm(v, digits=2) for v in d] for label, d in gaps.items()]
+
+
 def curves(grouped, stage: Optional[str] = None):
     """name -> (mean AP at each IoU, std) over seeds."""
     out = OrderedDict()
@@ -760,10 +798,34 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iter.png"), "AP vs iteration"))
+
+    gaps = stage_gaps(grouped, baseline)
+    if gaps:
+        # left: the last stage against the one before it; right: against the baseline
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+        for label, per_iou in gaps.items():
+            ax = axes[1] if label.endswith(f"`{baseline}`") else axes[0]
+            stats = [_mean_std(v) for v in per_iou]
+            ax.errorbar(IOU_THRESHOLDS, [s[0] for s in stats], yerr=[s[1] for s in stats],
+                        marker="o", markersize=3, capsize=2,
+                        label=label.replace("`", "").replace(f" - {baseline}", ""))  # fmt: skip
+        axes[0].set_title("last stage - the stage before it", fontsize=9)
+        axes[1].set_title(f"last stage - {baseline} (same seed)", fontsize=9)
+        for ax in axes:
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xlabel("IoU threshold")
+            ax.set_ylabel("AP difference (points), mean ± std over seeds")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        written.append(
+            save_figure(fig, str(figures_dir / "results_stage_gaps.png"), "Last-stage gaps")
+        )
     return written
 
 
-def write_results_md(grouped, path: Path, figures: List[str], command: str) -> None:
+def write_results_md(
+    grouped, path: Path, figures: List[str], command: str, baseline: Optional[str] = None
+) -> None:
     from cascade_zoo.utils.markdown import markdown_table
 
     runs = []
@@ -796,6 +858,18 @@ def write_results_md(grouped, path: Path, figures: List[str], command: str) -> N
             "`tools/run_benchmark.py`'s `EVAL_VARIANTS`, e.g. R3-CNN's number of test loops L_e.",
             "",
             markdown_table(["model", "variant", "seeds"] + AP_COLUMNS, variants),
+            "",
+        ]
+    gaps = stage_gap_rows(stage_gaps(grouped, baseline))
+    if gaps:
+        extra += [
+            "## The last stage against the stage before it",
+            "",
+            "FSCascade's Fig. 1 / 3 for each cascade: at each IoU, the last stage's AP minus the "
+            f"stage before it, and minus `{baseline}` of the same seed; mean ± std over the "
+            "seeds of the per-seed differences (points).",
+            "",
+            markdown_table(["difference", "seeds"] + AP_COLUMNS[1:], gaps),
             "",
         ]
     text = [
@@ -844,9 +918,15 @@ README_BLOCK = re.compile(r"(<!-- results: ([^>]*?) -->\n)(.*?)(<!-- /results --
 
 def results_block(grouped, names: List[str]) -> str:
     """The Markdown of a README's results block: the summary, by-object-count and variant rows
-    of the named models (in that order; a model with no results yet is listed as such)."""
+    of the named models (in that order; a model with no results yet is listed as such). The
+    option ``+gaps`` among the names adds :func:`stage_gaps`' rows, against the first model."""
     from cascade_zoo.utils.markdown import markdown_table
 
+    options = {n for n in names if n.startswith("+")}
+    unknown = options - {"+gaps"}
+    if unknown:
+        raise ValueError(f"results block: unknown option(s) {sorted(unknown)}; known: +gaps")
+    names = [n for n in names if n not in options]
     chosen = OrderedDict((n, grouped[n]) for n in names if n in grouped)
     missing = [n for n in names if n not in grouped]
     text = [markdown_table(["model", "seeds"] + AP_COLUMNS, summary_rows(chosen)), ""]
@@ -857,6 +937,11 @@ def results_block(grouped, names: List[str]) -> str:
     if variants:
         table = markdown_table(["model", "variant", "seeds"] + AP_COLUMNS, variants)
         text += ["The same models under other test-time settings:", "", table, ""]
+    gaps = stage_gap_rows(stage_gaps(chosen, names[0])) if "+gaps" in options else []
+    if gaps:
+        table = markdown_table(["difference", "seeds"] + AP_COLUMNS[1:], gaps)
+        text += ["The last stage against the stage before it and against the first model, "
+                 "mean ± std of the per-seed differences (points):", "", table, ""]  # fmt: skip
     if missing:
         text += ["No results yet: " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
     text.append("(Generated by `tools/run_benchmark.py --report-only` from benchmarks/results/.)")
@@ -1002,7 +1087,7 @@ def main(argv=None) -> int:
         grouped = load_results(results_dir)
         figures = plot_results(grouped, Path(args.figures_dir), args.baseline)
         write_results_md(grouped, Path(args.results_md), figures,
-                         "python tools/run_benchmark.py --report-only")  # fmt: skip
+                         "python tools/run_benchmark.py --report-only", args.baseline)  # fmt: skip
         write_model_zoo_md(grouped, Path(args.model_zoo_md))
         write_readme_blocks(grouped, sorted(REPO.glob("projects/*/README.md")))
         logger.info(f"Wrote {args.results_md}, {args.model_zoo_md} and {len(figures)} plots")
