@@ -426,6 +426,8 @@ def test_readme_results_blocks_are_regenerated_and_the_rest_kept(rb, tmp_path):
     assert "| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± 0.7 |" in text
     assert "No results yet: `Other/not_run`." in text
     assert rb.write_readme_blocks(grouped, [readme]) == []  # unchanged the second time
+    nothing = rb.results_block(grouped, ["Other/not_run"])
+    assert "| model |" not in nothing and "No results yet: `Other/not_run`." in nothing
 
 
 def test_weights_hash_follows_the_tensors_not_the_file(rb, tmp_path):

@@ -929,7 +929,11 @@ def results_block(grouped, names: List[str]) -> str:
     names = [n for n in names if n not in options]
     chosen = OrderedDict((n, grouped[n]) for n in names if n in grouped)
     missing = [n for n in names if n not in grouped]
-    text = [markdown_table(["model", "seeds"] + AP_COLUMNS, summary_rows(chosen)), ""]
+    text = (
+        [markdown_table(["model", "seeds"] + AP_COLUMNS, summary_rows(chosen)), ""]
+        if chosen
+        else []
+    )
     header, subsets = subset_rows(chosen)
     if subsets:
         text += ["AP by objects per image:", "", markdown_table(header, subsets), ""]

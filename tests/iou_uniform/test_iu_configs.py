@@ -159,6 +159,23 @@ def test_benchmark_configs_follow_the_protocol(method):
     )
 
 
+@pytest.mark.parametrize("ablation", ["off", "uniform", "uniform_efo"])
+def test_table4_benchmark_configs_are_the_ablations_under_the_protocol(ablation):
+    """Table 4's rows on shapes: each ablation's model (its whole MODEL node but the weights)
+    with the protocol's backbone, schedule, data and evaluation."""
+    bench = ROOT / "configs" / "Benchmark"
+    ours = setup_cfg(str(bench / f"iou_uniform_faster_rcnn_R_18_FPN_{ablation}_shapes.yaml"))
+    ablations = ROOT / "configs" / "IoUUniform" / "ablations"
+    ablated = setup_cfg(str(ablations / f"iou_uniform_faster_rcnn_R_18_FPN_{ablation}_shapes.yaml"))
+    ref = setup_cfg(str(bench / "faster_rcnn_R_18_FPN_shapes.yaml"))
+    assert ours.MODEL.WEIGHTS == ref.MODEL.WEIGHTS != ablated.MODEL.WEIGHTS
+    ours.defrost(), ablated.defrost()
+    ours.MODEL.WEIGHTS = ablated.MODEL.WEIGHTS = ""
+    assert ours.MODEL.dump() == ablated.MODEL.dump()
+    assert ours.SOLVER.dump() == ref.SOLVER.dump() and ours.TEST.dump() == ref.TEST.dump()
+    assert ours.INPUT.dump() == ref.INPUT.dump() and ours.DATASETS.dump() == ref.DATASETS.dump()
+
+
 _IU = "MODEL.IOU_UNIFORM."
 BAD = [
     (FASTER, [_IU + "REG_WEIGHTS", "((1.0, 1.5, 3.0),)"], _IU + "REG_WEIGHTS"),
