@@ -210,6 +210,13 @@ def test_stage_gaps_pair_the_seeds_and_reach_results_md_and_readme_blocks(rb, tm
     assert any(f.endswith("results_stage_gaps.png") for f in figures)
     rb.write_results_md(grouped, md, figures, "cmd", baseline)
     text = md.read_text()
+    assert "## Figures from the runs' models" not in text  # none of their images is there
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "fs_cascade_score_vs_iou.png").write_bytes(b"png")
+    rb.write_results_md(grouped, md, figures, "cmd", baseline)
+    text = md.read_text()
+    assert "## Figures from the runs' models" in text
+    assert "](images/fs_cascade_score_vs_iou.png)" in text and "iou_uniform_fig3" not in text
     assert f"| `{cascade}` stage2 - stage1 | 3 | -1.00 ± 0.00 |" in text
     assert f"| `{cascade}` stage2 - `{baseline}` | 2 | 2.50 ± {std:.2f} |" in text
     block = rb.results_block(grouped, [baseline, cascade, "+gaps"])

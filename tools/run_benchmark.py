@@ -73,6 +73,19 @@ EVAL_VARIANTS = {
     },
 }
 
+# Figures the paper tools make from the runs' published models (not from the result files): shown
+# in docs/results.md when their image is there. (image under docs/, caption, README with commands)
+MODEL_FIGURES = (
+    ("images/fs_cascade_score_vs_iou.png", "FSCascade's Fig. 5: scores of the last stage's "
+     "detections with IoU in [0.5, 0.75]", "projects/fs_cascade/README.md"),
+    ("images/iou_uniform_fig3_gain.png", "IoU-Uniform's Fig. 3: the regression's IoU gain by the "
+     "proposal's IoU", "projects/iou_uniform/README.md"),
+    ("images/iou_uniform_fig6_refined_iou.png", "IoU-Uniform's Fig. 6: IoU of the refined boxes",
+     "projects/iou_uniform/README.md"),
+    ("images/iou_uniform_fig8_predicted_iou.png", "IoU-Uniform's Fig. 8: predicted against true "
+     "IoU, without and with EFO", "projects/iou_uniform/README.md"),
+)  # fmt: skip
+
 logger = logging.getLogger("run_benchmark")
 
 
@@ -872,6 +885,19 @@ def write_results_md(
             markdown_table(["difference", "seeds"] + AP_COLUMNS[1:], gaps),
             "",
         ]
+    shown = [(img, cap, readme) for img, cap, readme in MODEL_FIGURES
+             if (path.parent / img).is_file()]  # fmt: skip
+    if shown:
+        extra += [
+            "## Figures from the runs' models",
+            "",
+            "Made by the paper tools from the runs' `model_final.pth` (which runs, and the "
+            "commands, are in each paper's README), not from the result files.",
+            "",
+        ]
+        for img, cap, readme in shown:
+            link = os.path.relpath(REPO / readme, path.parent)
+            extra += [f"{cap} ([{Path(readme).parent.name}]({link})):", "", f"![{cap}]({img})", ""]
     text = [
         "# Results",
         "",
