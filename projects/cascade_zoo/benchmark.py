@@ -14,7 +14,6 @@ from typing import Dict, List
 
 import torch
 from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from .analysis.cost import flop_breakdown, parameter_breakdown
@@ -97,7 +96,7 @@ def measure_interleaved(
     first = cfgs[0]
     for name in (*first.DATASETS.TRAIN, *first.DATASETS.TEST):
         prepare_shapes(name)
-    models = [build_model(cfg) for cfg in cfgs]
+    models = [ZooTrainer.build_model(cfg) for cfg in cfgs]
     if own_weights:
         for cfg, model in zip(cfgs, models):
             build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
@@ -152,7 +151,7 @@ def measure(
     torch.manual_seed(0)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         prepare_shapes(name)
-    model = build_model(cfg)
+    model = ZooTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     device = next(model.parameters()).device

@@ -25,6 +25,11 @@ def add_cascade_zoo_config(cfg: CN) -> None:
     # "detectron2" (Detectron2's TrainingSampler + AspectRatioGroupedDataset, which restart from
     # the beginning on --resume).
     cfg.ZOO.DATA_STREAM = "resumable"
+    # The input gradient of ROIAlign on CPU: "vectorized" (cascade_zoo.roi_align: batched matrix
+    # products, several times faster than torchvision's one-thread kernel; equal to it up to
+    # floating-point summation order) or "torchvision" (its kernel, as in runs made before the
+    # option existed). CUDA and inference always use torchvision's kernels.
+    cfg.ZOO.ROI_ALIGN_CPU_BACKWARD = "vectorized"
     cfg.ZOO.CHECKPOINT = CN()
     # Checkpoints load with torch.load(weights_only=True) (model-zoo .pkl files with an unpickler
     # that accepts numpy arrays only): a file that needs arbitrary unpickling, which can run code,

@@ -25,6 +25,7 @@ from ..data.mapper import CheckedDatasetMapper
 from ..data.stream import ResumableBatchSampler, build_stream_loader
 from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator, PerIoUVOCEvaluator
 from ..evaluation_mr import MissRateEvaluator
+from ..roi_align import use_roi_align_backward
 from ..utils.env import compiled_ops_available
 from .checkpoint import build_checkpointer
 from .optim import build_optimizer_with_lr_multipliers
@@ -98,6 +99,14 @@ class ZooTrainer(DefaultTrainer):
             logging.getLogger(__name__).warning(
                 "Checkpoint has no optimizer state: resuming with a fresh optimizer"
             )
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model, with ROIAlign's CPU input gradient chosen by
+        ``ZOO.ROI_ALIGN_CPU_BACKWARD``."""
+        model = super().build_model(cfg)
+        use_roi_align_backward(model, cfg.ZOO.ROI_ALIGN_CPU_BACKWARD)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):
