@@ -224,6 +224,10 @@ def test_stage_gaps_pair_the_seeds_and_reach_results_md_and_readme_blocks(rb, tm
     assert "+gaps" not in block and "stage2 - stage1" not in rb.results_block(grouped, [cascade])
     with pytest.raises(ValueError, match=r"\+gap"):
         rb.results_block(grouped, [cascade, "+gap"])
+    rb.write_results_md(grouped, md, figures, "cmd", None)  # no baseline: stage gaps only
+    text = md.read_text()
+    assert f"| `{cascade}` stage2 - stage1 | 3 | -1.00 ± 0.00 |" in text
+    assert "`None`" not in text and f"stage2 - `{baseline}`" not in text
 
 
 def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained(
