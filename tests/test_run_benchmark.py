@@ -5,6 +5,7 @@ trainer that writes what train_net.py writes (metrics.json, checkpoints), so thi
 import importlib.util
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,44 @@ def test_killed_run_resumes_in_its_output_dir(rb, tmp_path):
     # the second call found the first one's checkpoint, so train_net.py --resume continues it
     assert "last_checkpoint" in trainer.calls[1] and "model_0000001.pth" in trainer.calls[1]
     assert run.result_path.is_file()
+
+
+def test_result_names_the_commit_the_training_ran_at(rb, tmp_path, monkeypatch):
+    """The code can change while a run trains (and between a killed run and its resume): the
+    result names the commit at each start of the training, not the one at its end."""
+    head = {"commit": "a" * 40}
+    monkeypatch.setattr(rb, "_git_commit", lambda: head["commit"])
+
+    class CommitDuringTraining(FakeTrainer):
+        def __call__(self, run, device):
+            head["commit"] = "c" * 40  # committed while it trains
+            return super().__call__(run, device)
+
+    trainer = CommitDuringTraining(fail_once=True)
+    run = _run(rb, tmp_path)
+    with pytest.raises(RuntimeError, match="killed"):
+        _execute(rb, run, trainer)
+    head["commit"] = "b" * 40  # resumed at another commit
+    saved = _execute(rb, _run(rb, tmp_path), trainer)
+    assert saved["git_commit"] == "a" * 40 and saved["git_commits"] == ["a" * 40, "b" * 40]
+    head["commit"] = "e" * 40
+    one = _execute(rb, _run(rb, tmp_path, seed=1), CommitDuringTraining())
+    assert one["git_commit"] == "e" * 40 and "git_commits" not in one
+
+
+def test_git_commit_marks_a_tree_with_uncommitted_changes(rb, monkeypatch):
+    outputs = {"rev-parse": "f" * 40 + "\n"}
+
+    def fake_run(cmd, **kwargs):
+        if cmd[1] == "diff":
+            return subprocess.CompletedProcess(cmd, outputs["diff"])
+        return subprocess.CompletedProcess(cmd, 0, stdout=outputs["rev-parse"])
+
+    monkeypatch.setattr(rb.subprocess, "run", fake_run)
+    outputs["diff"] = 0
+    assert rb._git_commit() == "f" * 40
+    outputs["diff"] = 1
+    assert rb._git_commit() == "f" * 40 + "+dirty"
 
 
 def test_trained_run_without_result_file_is_collected_not_retrained(rb, tmp_path):

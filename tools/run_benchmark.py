@@ -268,18 +268,24 @@ def _inference_s_per_image(output_dir: Path) -> Optional[float]:
 
 
 def _git_commit() -> str:
+    """HEAD, with "+dirty" when tracked files differ from it; "unknown" outside a checkout."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return commit
+    return commit + ("+dirty" if dirty else "")
 
 
-def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, command: str) -> dict:
+def collect_result(
+    run: Run, wall_time_s: float, extra: Dict, device: str, command: str, commits=()
+) -> dict:
     """The result file's content from the run's metrics.json (its last evaluation is the final
-    one; earlier ones make the AP-vs-iteration curve).
+    one; earlier ones make the AP-vs-iteration curve). ``commits``: the code's commit at each
+    start of the training (a killed run resumed at another commit has several); the first is
+    ``git_commit``, and the list is kept when there are several.
 
     Raises:
         RuntimeError: the run has no final evaluation.
@@ -315,7 +321,8 @@ def collect_result(run: Run, wall_time_s: float, extra: Dict, device: str, comma
         "config_hash": run.hash,
         "config_diff": run.diff,
         "command": command,
-        "git_commit": _git_commit(),
+        "git_commit": commits[0] if commits else _git_commit(),
+        **({"git_commits": list(commits)} if len(commits) > 1 else {}),
         "device": device,
         "machine": machine_description(),
         "host": socket.gethostname(),
@@ -533,27 +540,32 @@ def execute(
         aside = _set_aside(run.result_path, "corrupt")
         logger.warning(f"{run.result_path}: unreadable ({data}); moved to {aside}; running again")
     _prepare_output_dir(run)
-    # wall time accumulates over a killed run's segments
-    spent = 0.0
+    # wall time accumulates over a killed run's segments; the commit of each segment is kept,
+    # since the code may change while a run trains
+    spent, commits = 0.0, []
     wt = _wall_time_file(run)
     if wt.is_file():
         try:
-            spent = float(json.loads(wt.read_text())["wall_time_s"])
-        except (ValueError, KeyError, TypeError):
-            spent = 0.0
+            saved = json.loads(wt.read_text())
+            spent = float(saved["wall_time_s"])
+            commits = [str(c) for c in saved.get("git_commits", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            spent, commits = 0.0, []
     extra = {}
     if _training_finished(run):
         # trained to the end and evaluated, but no result file (e.g. killed before writing it)
         logger.info(f"{run.output_dir}: training finished already; collecting its result")
     else:
+        commit = _git_commit()
+        commits += [] if commits and commits[-1] == commit else [commit]
         start = time.time()
         try:
             extra = trainer(run, device)
         finally:
             spent += time.time() - start
-            wt.write_text(json.dumps({"wall_time_s": spent}))
+            wt.write_text(json.dumps({"wall_time_s": spent, "git_commits": commits}))
     command = "python " + " ".join(run.train_args(device))
-    result = collect_result(run, spent, extra, device, command)
+    result = collect_result(run, spent, extra, device, command, commits)
     result["subsets"] = subsets_of(run)
     result["variants"] = variants_of(run, device)
     _write_result(run, result)
