@@ -14,7 +14,7 @@ setup:
 demo: setup
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) --resume OUTPUT_DIR $(DEMO_DIR)
 	$(PY) tools/visualize.py --config-file $(DEMO_CONFIG) --dataset shapes_val \
-		--output $(DEMO_DIR)/predictions.png --score-threshold 0.2 MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
+		--output $(DEMO_DIR)/predictions.png --score-threshold 0.5 MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
 
 test: setup lint
 	$(PY) -m pytest -q --durations=15 tests
