@@ -95,3 +95,19 @@ def trained_core(tmp_path_factory):
     config = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml"
     proc = run_train_net("--config-file", config, "OUTPUT_DIR", out)
     return out, proc.stdout
+
+
+def assert_ablation_under_the_protocol(benchmark_config, ablation_config, protocol_config):
+    """A benchmark config that runs a paper's ablation under the fair protocol: the ablation's
+    model (its whole MODEL node but the weights) with the protocol config's pretrained weights,
+    schedule, data, loader and evaluation."""
+    from cascade_zoo import setup_cfg
+
+    paths = (benchmark_config, ablation_config, protocol_config)
+    ours, ablated, ref = (setup_cfg(str(p), freeze=False) for p in paths)
+    assert ours.MODEL.WEIGHTS == ref.MODEL.WEIGHTS != ablated.MODEL.WEIGHTS
+    ours.MODEL.WEIGHTS = ablated.MODEL.WEIGHTS = ""
+    assert ours.MODEL.dump() == ablated.MODEL.dump()
+    for key in ("SOLVER", "TEST", "INPUT", "DATASETS", "DATALOADER"):
+        assert ours[key].dump() == ref[key].dump(), key
+    return ours

@@ -5,7 +5,7 @@ only in their base."""
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_ablation_under_the_protocol
 from core_helpers import cfg_of
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_roi_heads
@@ -146,3 +146,16 @@ def test_coco_and_shapes_ablations_differ_only_in_their_base(name):
     coco, shapes = _files(name)
     assert _body(coco) == _body(shapes)
     assert coco.read_text() != shapes.read_text()
+
+
+@pytest.mark.parametrize("name", ["1_stage", "2_stages", "4_stages"])
+def test_stage_count_benchmark_configs_are_the_ablations_under_the_protocol(name):
+    """Table 4's rows under the fair benchmark protocol, against the protocol's three-stage
+    Cascade R-CNN."""
+    bench = ROOT / "configs" / "Benchmark"
+    cfg = assert_ablation_under_the_protocol(
+        bench / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml",
+        ABLATIONS / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml",
+        bench / "cascade_rcnn_R_18_FPN_shapes.yaml",
+    )
+    assert cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS == PAPER[name][0]
