@@ -557,7 +557,8 @@ def execute(
         logger.info(f"{run.output_dir}: training finished already; collecting its result")
     else:
         commit = _git_commit()
-        commits += [] if commits and commits[-1] == commit else [commit]
+        if not commits or commits[-1] != commit:
+            commits.append(commit)
         start = time.time()
         try:
             extra = trainer(run, device)

@@ -58,7 +58,7 @@ def _axis_samples(start, bin_size, grid: int, pooled: int, length: int):
 def _window_weights(low, high, w_low, w_high, origin, length: int):
     """(R, pooled, length): the summed weights of each bin on the window that starts at
     ``origin`` (R,)."""
-    num, pooled, grid = low.shape
+    num, pooled, _ = low.shape
     out = w_low.new_zeros(num, pooled, length)
     for index, weight in ((low, w_low), (high, w_high)):
         out.scatter_add_(2, (index - origin[:, None, None]).clamp(0, length - 1), weight)
