@@ -222,10 +222,21 @@ def test_reports_mean_std_per_iou_and_stages(rb, tmp_path):
     std = math.sqrt(((10 - 10.5) ** 2 + (11 - 10.5) ** 2) / 1)
     assert f"| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± {std:.1f} | 30.5 ± 0.7 |" in text
     assert "| `CascadeRCNN/cascade_rcnn_instant_test` stage2 | 2 | 12.5 ± 0.7 |" in text
+    assert "| `CascadeRCNN/cascade_rcnn_instant_test` stage1 | 2 |" in text
+    assert "`Baselines/faster_rcnn_instant_test` stage" not in text
     zoo = tmp_path / "MODEL_ZOO.md"
     rb.write_model_zoo_md(grouped, zoo)
     url = "cascade_zoo://CascadeRCNN/cascade_rcnn_instant_test/seed1/model_final.pth"
     assert url in zoo.read_text()
+
+
+def test_a_one_stage_model_gets_no_stage_row(rb, tmp_path):
+    """The core's Faster R-CNN reports one stage, equal to its final output: no second row."""
+    for seed in (0, 1):
+        trainer = FakeTrainer(ap_base=10.0, stages=("stage1", "ensemble"))
+        _execute(rb, _run(rb, tmp_path, seed=seed), trainer)
+    rows = rb.summary_rows(rb.load_results(tmp_path / "results"))
+    assert [row[0] for row in rows] == ["`Baselines/faster_rcnn_instant_test`"]
 
 
 def test_stage_gaps_pair_the_seeds_and_reach_results_md_and_readme_blocks(rb, tmp_path):

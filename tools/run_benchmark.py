@@ -661,17 +661,16 @@ def _pm(values: List[float], digits: int = 1) -> str:
 
 
 def summary_rows(grouped) -> List[list]:
-    """One row per model (final output) and, for cascades, one per stage: mean ± std."""
+    """One row per model (final output) and, for cascades, one per stage: mean ± std. A model
+    of one stage (Faster R-CNN on the core) gets no stage row: it would repeat the first."""
     rows = []
     for name, results in grouped.items():
         rows.append(
             [f"`{name}`", len(results)]
             + [_pm([r["metrics"]["bbox"][k] for r in results]) for k in AP_COLUMNS]
         )
-        stages = results[0]["metrics"].get("stages") or {}
-        for stage in stages:
-            if stage == "ensemble":
-                continue
+        stages = [s for s in results[0]["metrics"].get("stages") or {} if s != "ensemble"]
+        for stage in stages if len(stages) > 1 else ():
             rows.append(
                 [f"`{name}` {stage}", len(results)]
                 + [_pm([r["metrics"]["stages"].get(stage, {}).get(k) for r in results])
