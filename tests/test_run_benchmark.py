@@ -280,6 +280,28 @@ def test_stage_gaps_pair_the_seeds_and_reach_results_md_and_readme_blocks(rb, tm
     assert "`None`" not in text and f"stage2 - `{baseline}`" not in text
 
 
+def test_gains_pair_the_seeds_against_the_first_model(rb, tmp_path):
+    """Table 4's "+x AP" rows. The fake trainer's AP at every column is ap_base + seed (+ a
+    per-IoU offset that is the same for both models), so the gain of seed s is the difference of
+    the two bases; a seed without a baseline is left out."""
+    baseline = "Baselines/faster_rcnn_instant_test"
+    other = "CascadeRCNN/cascade_rcnn_instant_test"
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer(ap_base=10.0))
+    for seed, base in ((0, 12.0), (1, 15.0), (2, 99.0)):
+        _execute(rb, _run(rb, tmp_path, CASCADE, seed), FakeTrainer(ap_base=base))
+    grouped = rb.load_results(tmp_path / "results")
+    gains = rb.gains_over(grouped, baseline)
+    assert list(gains) == [f"`{other}` - `{baseline}`"]
+    assert len(gains[f"`{other}` - `{baseline}`"]) == len(rb.AP_COLUMNS)
+    assert all(v == pytest.approx([2.0, 5.0]) for v in gains[f"`{other}` - `{baseline}`"])
+    block = rb.results_block(grouped, [baseline, other, "+gains"])
+    std = math.sqrt((1.5**2 + 1.5**2) / 1)
+    assert f"| `{other}` - `{baseline}` | 2 | 3.5 ± {std:.1f} | 3.5 ± {std:.1f} |" in block
+    assert "+gains" not in block and " - `" not in rb.results_block(grouped, [baseline, other])
+    assert rb.gains_over(grouped, "Baselines/missing") == {}
+
+
 def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained(
     rb, tmp_path, monkeypatch
 ):
