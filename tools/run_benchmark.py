@@ -759,20 +759,27 @@ def stage_gap_table(grouped, baseline) -> str:
     return markdown_table(["difference", "seeds"] + AP_COLUMNS[1:], rows) if rows else ""
 
 
-def gains_over(grouped, baseline: str) -> "OrderedDict[str, List[List[float]]]":
-    """An ablation table's gains (IoU-Uniform's Table 4): each model's final AP, AP50..AP95 minus
-    ``baseline``'s of the same seed; label -> per column, the list of per-seed differences.
-    Seeds the baseline lacks are left out."""
+def _paired_gains(grouped, baseline: str) -> "OrderedDict[str, List[List[float]]]":
+    """Model name -> per AP_COLUMNS column, its final AP minus ``baseline``'s of the same seed,
+    one value per seed the baseline also has; models with no such seed are left out."""
     base = {r["seed"]: r["metrics"]["bbox"] for r in grouped.get(baseline, [])}
     out = OrderedDict()
     for name, results in grouped.items():
         paired = [r for r in results if r["seed"] in base]
         if name == baseline or not paired:
             continue
-        out[f"`{name}` - `{baseline}`"] = [
+        out[name] = [
             [r["metrics"]["bbox"][k] - base[r["seed"]][k] for r in paired] for k in AP_COLUMNS
         ]
     return out
+
+
+def gains_over(grouped, baseline: str) -> "OrderedDict[str, List[List[float]]]":
+    """An ablation table's gains (IoU-Uniform's Table 4): each model's final AP, AP50..AP95 minus
+    ``baseline``'s of the same seed; label -> per column, the list of per-seed differences.
+    Seeds the baseline lacks are left out."""
+    gains = _paired_gains(grouped, baseline)
+    return OrderedDict((f"`{name}` - `{baseline}`", d) for name, d in gains.items())
 
 
 def curves(grouped, stage: Optional[str] = None):
@@ -810,16 +817,9 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iou.png"), "AP vs IoU"))
 
     if baseline in grouped:
-        base = {r["seed"]: r["metrics"]["bbox"] for r in grouped[baseline]}
         fig, ax = plt.subplots(figsize=(7, 4.6))
-        for name, results in grouped.items():
-            if name == baseline:
-                continue
-            diffs = [[r["metrics"]["bbox"][k] - base[r["seed"]][k] for r in results
-                      if r["seed"] in base] for k in AP_COLUMNS[1:]]  # fmt: skip
-            stats = [_mean_std(d) for d in diffs]
-            if stats[0][0] is None:
-                continue
+        for name, diffs in _paired_gains(grouped, baseline).items():
+            stats = [_mean_std(d) for d in diffs[1:]]  # AP50..AP95
             ax.errorbar(IOU_THRESHOLDS, [s[0] for s in stats], yerr=[s[1] for s in stats],
                         marker="o", markersize=3, capsize=2, label=name)  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.8)
