@@ -541,3 +541,19 @@ def test_weights_hash_follows_the_tensors_not_the_file(rb, tmp_path):
     torch.save([1, 2], tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="not a weights file"):
         rb.weights_sha256(tmp_path / "bad.pth")
+
+
+def test_plot_styles_tell_twenty_models_apart(rb):
+    """results.md's plots hold a line per model (13 and growing): Matplotlib's default cycle
+    repeats its ten colours, so models 1 and 11 looked alike; the report's cycle gives each of 20
+    lines its own colour and line style."""
+    from cascade_zoo.analysis._plot import pyplot
+
+    fig, ax = pyplot().subplots()
+    rb._many_lines(ax)
+    styles = set()
+    for i in range(20):
+        (line,) = ax.plot([0, 1], [i, i])
+        styles.add((tuple(line.get_color()), line.get_linestyle()))
+    pyplot().close(fig)
+    assert len(styles) == 20

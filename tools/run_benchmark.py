@@ -798,6 +798,20 @@ def curves(grouped, stage: Optional[str] = None):
     return out
 
 
+def _many_lines(ax) -> None:
+    """Up to 20 curves told apart: ten colours, solid then dashed (the default cycle repeats its
+    ten colours)."""
+    from cycler import cycler
+    from matplotlib import colormaps
+
+    ax.set_prop_cycle(cycler(linestyle=["-", "--"]) * cycler(color=colormaps["tab10"].colors))
+
+
+def _legend_right(ax, fontsize: int = 7) -> None:
+    """The legend beside the axes, where it hides no curve."""
+    ax.legend(fontsize=fontsize, loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
 def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[str]:
     """AP vs IoU (mean ± std over seeds), gains over the baseline at each IoU, AP vs iteration."""
     from cascade_zoo.analysis._plot import pyplot, save_figure
@@ -807,17 +821,19 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     figures_dir.mkdir(parents=True, exist_ok=True)
     written = []
     mean_curves = curves(grouped)
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    _many_lines(ax)
     for name, (mean, std) in mean_curves.items():
         ax.errorbar(IOU_THRESHOLDS, mean, yerr=std, marker="o", markersize=3, capsize=2, label=name)
     ax.set_xlabel("IoU threshold")
     ax.set_ylabel("AP (%) on shapes_val, mean ± std over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_right(ax)
     written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iou.png"), "AP vs IoU"))
 
     if baseline in grouped:
-        fig, ax = plt.subplots(figsize=(7, 4.6))
+        fig, ax = plt.subplots(figsize=(11, 4.6))
+        _many_lines(ax)
         for name, diffs in _paired_gains(grouped, baseline).items():
             stats = [_mean_std(d) for d in diffs[1:]]  # AP50..AP95
             ax.errorbar(IOU_THRESHOLDS, [s[0] for s in stats], yerr=[s[1] for s in stats],
@@ -826,12 +842,13 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
         ax.set_xlabel("IoU threshold")
         ax.set_ylabel(f"AP gain over {baseline} (points)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend_right(ax)
         written.append(
             save_figure(fig, str(figures_dir / "results_gain_vs_iou.png"), "Gain over the baseline")
         )
 
-    fig, ax = plt.subplots(figsize=(7, 4.6))
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    _many_lines(ax)
     for name, results in grouped.items():
         by_iter = OrderedDict()
         for r in results:
@@ -846,7 +863,7 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     ax.set_xlabel("iteration")
     ax.set_ylabel("AP (%) on shapes_val, mean ± std over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend_right(ax)
     written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iter.png"), "AP vs iteration"))
 
     gaps = stage_gaps(grouped, baseline)
