@@ -807,6 +807,14 @@ def _many_lines(ax) -> None:
     ax.set_prop_cycle(cycler(linestyle=["-", "--"]) * cycler(color=colormaps["tab10"].colors))
 
 
+def _line_figure(plt, ncols: int = 1, width: float = 11):
+    """A report figure of ``ncols`` axes side by side, each styled by :func:`_many_lines`."""
+    fig, axes = plt.subplots(1, ncols, figsize=(width, 4.6), squeeze=False)
+    for ax in axes[0]:
+        _many_lines(ax)
+    return fig, (axes[0] if ncols > 1 else axes[0][0])
+
+
 def _legend_right(ax, fontsize: int = 7) -> None:
     """The legend beside the axes, where it hides no curve."""
     ax.legend(fontsize=fontsize, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -821,8 +829,7 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     figures_dir.mkdir(parents=True, exist_ok=True)
     written = []
     mean_curves = curves(grouped)
-    fig, ax = plt.subplots(figsize=(11, 4.6))
-    _many_lines(ax)
+    fig, ax = _line_figure(plt)
     for name, (mean, std) in mean_curves.items():
         ax.errorbar(IOU_THRESHOLDS, mean, yerr=std, marker="o", markersize=3, capsize=2, label=name)
     ax.set_xlabel("IoU threshold")
@@ -832,8 +839,7 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     written.append(save_figure(fig, str(figures_dir / "results_ap_vs_iou.png"), "AP vs IoU"))
 
     if baseline in grouped:
-        fig, ax = plt.subplots(figsize=(11, 4.6))
-        _many_lines(ax)
+        fig, ax = _line_figure(plt)
         for name, diffs in _paired_gains(grouped, baseline).items():
             stats = [_mean_std(d) for d in diffs[1:]]  # AP50..AP95
             ax.errorbar(IOU_THRESHOLDS, [s[0] for s in stats], yerr=[s[1] for s in stats],
@@ -847,8 +853,7 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
             save_figure(fig, str(figures_dir / "results_gain_vs_iou.png"), "Gain over the baseline")
         )
 
-    fig, ax = plt.subplots(figsize=(11, 4.6))
-    _many_lines(ax)
+    fig, ax = _line_figure(plt)
     for name, results in grouped.items():
         by_iter = OrderedDict()
         for r in results:
@@ -869,7 +874,7 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
     gaps = stage_gaps(grouped, baseline)
     if gaps:
         # left: the last stage against the one before it; right: against the baseline
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+        fig, axes = _line_figure(plt, ncols=2, width=12)
         for label, per_iou in gaps.items():
             ax = axes[1] if label.endswith(f"`{baseline}`") else axes[0]
             stats = [_mean_std(v) for v in per_iou]
