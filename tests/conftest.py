@@ -16,6 +16,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 INSTANT = ROOT / "configs" / "Baselines"
 
 
+def trainer_model_losses(cfg, batch):
+    """A model built by ZooTrainer from seed 0 and its training losses on ``batch``, with the
+    same random ROI sampling for every model so built: (model, {name: loss})."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    from cascade_zoo.engine import ZooTrainer
+
+    torch.manual_seed(0)
+    model = ZooTrainer.build_model(cfg)
+    model.train()
+    torch.manual_seed(1)
+    with EventStorage(0):
+        losses = model(batch)
+    return model, losses
+
+
 def run_train_net(*args, cwd=None, check=True, timeout=900, prefix=()):
     """Run train_net.py in a new process; returns the CompletedProcess (stdout+stderr merged)."""
     cmd = [*prefix] if prefix else [sys.executable]

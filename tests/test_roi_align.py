@@ -5,13 +5,11 @@ no parameter gradient beyond rounding."""
 
 import pytest
 import torch
-from conftest import INSTANT, run_tool
+from conftest import INSTANT, run_tool, trainer_model_losses
 from detectron2.layers import ROIAlign
-from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from cascade_zoo import setup_cfg
-from cascade_zoo.engine import ZooTrainer
 from cascade_zoo.roi_align import (
     VectorizedBackwardROIAlign,
     roi_align_input_grad,
@@ -105,12 +103,7 @@ def test_module_matches_detectron2_roialign_forward_and_backward():
 
 
 def _loss_and_grads(cfg, batch):
-    torch.manual_seed(0)
-    model = ZooTrainer.build_model(cfg)
-    model.train()
-    torch.manual_seed(1)  # the same proposal sampling in both models
-    with EventStorage(0):
-        losses = model(batch)
+    model, losses = trainer_model_losses(cfg, batch)
     total = sum(losses.values())
     total.backward()
     return (
@@ -157,7 +150,7 @@ def test_unknown_backward_is_an_error_naming_the_key():
 def test_benchmark_tool_times_both_backwards_on_one_config(tmp_path):
     out = tmp_path / "bench.md"
     config = INSTANT / "faster_rcnn_instant_test.yaml"
-    run_tool("benchmark_roi_align.py", "--configs", config, "--train-iters", 1, "--warmup", 0,
+    run_tool("benchmark_cpu_option.py", "--configs", config, "--train-iters", 1, "--warmup", 0,
              "--output", out)  # fmt: skip
     text = out.read_text()
     assert "| config | train s/iter, torchvision | train s/iter, vectorized | speed-up |" in text
@@ -170,4 +163,4 @@ def test_benchmark_tool_times_both_backwards_on_one_config(tmp_path):
     assert float(ratio.strip().rstrip("x")) == pytest.approx(
         float(torchvision) / float(vectorized), abs=0.01
     )
-    assert "Command: `python tools/benchmark_roi_align.py" in text
+    assert "Command: `python tools/benchmark_cpu_option.py" in text

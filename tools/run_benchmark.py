@@ -41,8 +41,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FORMAT = 1
 # Keys that say where or how a run is done, not which model it trains (the two ROIAlign
-# backwards compute the same gradient; a run records its commit and command).
-IGNORED_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.DEVICE", "ZOO.ROI_ALIGN_CPU_BACKWARD")
+# backwards compute the same gradient, the two RPN NMS settings the same proposals; a run
+# records its commit and command).
+IGNORED_KEYS = (
+    "OUTPUT_DIR",
+    "SEED",
+    "MODEL.DEVICE",
+    "ZOO.ROI_ALIGN_CPU_BACKWARD",
+    "ZOO.RPN_PREFIX_NMS",
+)
 AP_COLUMNS = ["AP"] + [f"AP{50 + 5 * i}" for i in range(10)]
 # Pretrained files the project makes itself: MODEL.WEIGHTS -> (config, seed, kept key prefix).
 # The fair protocol's backbone (docs/benchmark_protocol.md): the ResNet of a long Faster R-CNN

@@ -30,6 +30,11 @@ def add_cascade_zoo_config(cfg: CN) -> None:
     # floating-point summation order) or "torchvision" (its kernel, as in runs made before the
     # option existed). CUDA and inference always use torchvision's kernels.
     cfg.ZOO.ROI_ALIGN_CPU_BACKWARD = "vectorized"
+    # True: on CPU, the RPN runs its NMS only on each image's best-scoring candidates, as many as
+    # it takes to fill POST_NMS_TOPK (cascade_zoo.rpn); the proposals are the same as with
+    # Detectron2's find_top_rpn_proposals (False), which runs it on all of them. CUDA always uses
+    # Detectron2's.
+    cfg.ZOO.RPN_PREFIX_NMS = True
     cfg.ZOO.CHECKPOINT = CN()
     # Checkpoints load with torch.load(weights_only=True) (model-zoo .pkl files with an unpickler
     # that accepts numpy arrays only): a file that needs arbitrary unpickling, which can run code,

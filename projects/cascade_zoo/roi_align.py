@@ -22,6 +22,8 @@ import torch
 from detectron2.layers import ROIAlign
 from torchvision.ops import roi_align
 
+from .utils.modules import set_module_class
+
 __all__ = [
     "BACKWARDS",
     "VectorizedBackwardROIAlign",
@@ -184,9 +186,4 @@ def use_roi_align_backward(model: torch.nn.Module, backward: str) -> int:
     if backward not in BACKWARDS:
         raise ValueError(f"ZOO.ROI_ALIGN_CPU_BACKWARD must be one of {BACKWARDS}, got {backward!r}")
     cls = VectorizedBackwardROIAlign if backward == "vectorized" else ROIAlign
-    count = 0
-    for module in model.modules():
-        if type(module) in (ROIAlign, VectorizedBackwardROIAlign):
-            module.__class__ = cls
-            count += 1
-    return count
+    return set_module_class(model, (ROIAlign, VectorizedBackwardROIAlign), cls)

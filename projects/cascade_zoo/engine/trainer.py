@@ -26,6 +26,7 @@ from ..data.stream import ResumableBatchSampler, build_stream_loader
 from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator, PerIoUVOCEvaluator
 from ..evaluation_mr import MissRateEvaluator
 from ..roi_align import use_roi_align_backward
+from ..rpn import use_rpn_prefix_nms
 from ..utils.env import compiled_ops_available
 from .checkpoint import build_checkpointer
 from .optim import build_optimizer_with_lr_multipliers
@@ -103,9 +104,10 @@ class ZooTrainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         """Detectron2's model, with ROIAlign's CPU input gradient chosen by
-        ``ZOO.ROI_ALIGN_CPU_BACKWARD``."""
+        ``ZOO.ROI_ALIGN_CPU_BACKWARD`` and the RPN's CPU NMS by ``ZOO.RPN_PREFIX_NMS``."""
         model = super().build_model(cfg)
         use_roi_align_backward(model, cfg.ZOO.ROI_ALIGN_CPU_BACKWARD)
+        use_rpn_prefix_nms(model, cfg.ZOO.RPN_PREFIX_NMS)
         return model
 
     @classmethod
