@@ -958,8 +958,9 @@ def write_results_md(
         extra += [
             "## Figures from the runs' models",
             "",
-            "Made by the paper tools from the runs' `model_final.pth` (which runs, and the "
-            "commands, are in each paper's README), not from the result files.",
+            "Made by the paper tools from the runs' `model_final.pth` (which runs, of which "
+            "protocol, and the commands are in each paper's README), not from the result files "
+            "above: a figure may come from the models of an archived protocol.",
             "",
         ]
         for img, cap, readme in shown:
