@@ -118,9 +118,8 @@ def _losses(cfg, batch):
     model, losses = trainer_model_losses(cfg, batch)
     model.eval()
     with torch.no_grad():
-        proposals = model.proposal_generator(
-            model.preprocess_image(batch), model.backbone(model.preprocess_image(batch).tensor)
-        )[0]
+        images = model.preprocess_image(batch)
+        proposals = model.proposal_generator(images, model.backbone(images.tensor))[0]
     return model, losses, proposals
 
 
