@@ -22,12 +22,18 @@ def add_fs_cascade_config(cfg: CN) -> None:
     # only; "fc": from the stage's own fc layers, as Cascade R-CNN.
     _C.LOC_HEAD = "conv"
     # Localization feature sharing (Sec. 3.2, Eq. 2, Fig. 2b; needs LOC_HEAD "conv"):
-    # "serial" (Eq. 2): B_1 = F_12(F_11(X_1)), B_i = X_i + G_{i-1}(F_i1(B_{i-1})) with B_{i-1} the
-    #     previous stage's box feature of the same box (needs BOX_CASCADE.LATER_STAGE_GT "keep");
+    # "serial" (Eq. 2 as the paper prints it, X_i^box in every line): stage i runs its own pooled
+    #     features X_i through the convs of stages 1..i in series,
+    #     B_1 = F_12(F_11(X_i)), B_2 = X_i + G_1(F_21(B_1)), ...,
+    #     B_i = X_i + G_{i-1}(F_i1(B_{i-1}));
+    # "serial_memory" (an ablation, not the paper's):
+    #     B_i = X_i + G_{i-1}(F_i1(B_{i-1})) with B_{i-1} the box feature that the previous stage
+    #     computed for the same box from its own pooled features, carried as per-box memory
+    #     (needs BOX_CASCADE.LATER_STAGE_GT "keep" and 'refined' samplers after stage 1);
     # "parallel" (tried in Sec. 3.2, its form not given): B_i = the sum over stages j <= i of stage
     #     j's own head applied to X_i, as CFS sums the fc stacks;
     # "none" (Table 1 "w/o LFS"): each stage's own head on its own features,
-    #     B_1 = F_12(F_11(X_1)), B_i = X_i + G_{i-1}(F_i1(X_i)).
+    #     F_12(F_11(X_1)) at stage 1, B_i = X_i + G_{i-1}(F_i1(X_i)) after.
     _C.LFS = "serial"
     # How the box deltas come from B_i (C x P x P; the paper does not say): "flatten": a linear
     # layer on the flattened B_i, which keeps the spatial layout the conv head is there for;

@@ -3,10 +3,13 @@
 A stage's head is decoupled: the FPN box head's fc layers (``box_head.k``) classify, a conv head
 on the pooled features (``loc_head.k``, ``sharing.py``) localizes; with ``LOC_HEAD "fc"`` the fc
 layers do both, as in Cascade R-CNN. CFS (Eq. 1) sums the fc features of every stage up to the
-current one; serial LFS (Eq. 2) feeds the previous stage's box feature B_{i-1} of the same box,
-which the core carries from stage to stage as per-box memory (``stage_features`` with
-``reads_memory``: rows follow the boxes through the boxes dropped in training, and the
-``all_on_final`` ensemble re-runs the earlier stages in order on the final boxes).
+current one, each on the current stage's pooled features X_i; serial LFS (Eq. 2) runs X_i through
+the convs of every stage up to the current one in series, each line adding X_i back. The
+``serial_memory`` ablation (not the paper's) instead reads the B_{i-1} that the previous stage
+computed for the same box, which the core carries from stage to stage as per-box memory
+(``stage_features`` with ``reads_memory``: rows follow the boxes through the boxes dropped in
+training, and the ``all_on_final`` ensemble re-runs the earlier stages in order on the final
+boxes).
 
 Shapes: R boxes, C channels and P resolution of the pooled features, D the fc layers' output,
 K foreground classes.
@@ -35,7 +38,7 @@ __all__ = ["BOX_DELTA_INPUTS", "DecoupledOutputLayers", "FSCascadeROIHeads", "LO
 
 LOC_HEADS = ("conv", "fc")
 BOX_DELTA_INPUTS = ("flatten", "avg_pool")
-#: The per-box memory entry that carries B_i to the next stage (serial LFS).
+#: The per-box memory entry that carries B_i to the next stage (LFS "serial_memory").
 BOX_FEATURE = "lfs_box_feature"
 
 
@@ -114,8 +117,8 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
         self.lfs = lfs
         self.box_delta_input = box_delta_input
         self.loc_head = nn.ModuleList(loc_heads) if loc_heads is not None else None
-        # the core checked the class's (memory-free) default; serial LFS reads the memory
-        self.reads_memory = loc_heads is not None and lfs == "serial"
+        # the core checked the class's (memory-free) default; "serial_memory" reads the memory
+        self.reads_memory = loc_heads is not None and lfs == "serial_memory"
         check_memory_support(self)
         self.install_head_rule(("loc_head.",))
 
@@ -159,7 +162,8 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
     def stage_features(self, stage: int, box_features: torch.Tensor, memory: Dict):
         """Stage ``stage``'s classification and box features on pooled features (R, C, P, P):
         ({"cls": (R, D), "box": (R, D) from the fc layers or (R, E) from B_i}, memory with B_i
-        under serial LFS). ``memory`` holds B_{i-1} of the same boxes under serial LFS."""
+        under LFS "serial_memory"). ``memory`` holds B_{i-1} of the same boxes under
+        "serial_memory"."""
         if self.cfs:
             cls_features, own = classification_feature_sharing(
                 self.box_head[: stage + 1], box_features
@@ -170,8 +174,8 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
             return {"cls": cls_features, "box": own}, {}
         if self.reads_memory and stage > 0 and BOX_FEATURE not in memory:
             raise ValueError(
-                f"serial LFS at stage {stage + 1} got no box features of stage {stage}: stages "
-                "must run in order on the previous stage's boxes"
+                f"LFS serial_memory at stage {stage + 1} got no box features of stage {stage}: "
+                "stages must run in order on the previous stage's boxes"
             )
         b = localization_feature_sharing(
             self.lfs, self.loc_head[: stage + 1], box_features, memory.get(BOX_FEATURE)

@@ -23,8 +23,9 @@ __all__ = [
     "localization_feature_sharing",
 ]
 
-#: MODEL.FS_CASCADE.LFS values: Eq. 2, the parallel form, no sharing.
-LFS_MODES = ("serial", "parallel", "none")
+#: MODEL.FS_CASCADE.LFS values: Eq. 2, Eq. 2 read from the previous stage's per-box memory (not
+#: the paper's), the parallel form, no sharing.
+LFS_MODES = ("serial", "serial_memory", "parallel", "none")
 
 
 def classification_feature_sharing(
@@ -53,7 +54,7 @@ def _conv(channels: int, kernel: int, norm: str, activation) -> Conv2d:
 
 
 class FirstStageBoxConvs(nn.Module):
-    """Stage 1's localization head: B_1 = F_12(F_11(X_1)), two 3x3 convs with ReLU."""
+    """Stage 1's localization head: two 3x3 convs with ReLU, F_12(F_11(X))."""
 
     def __init__(self, channels: int, norm: str = ""):
         super().__init__()
@@ -61,7 +62,7 @@ class FirstStageBoxConvs(nn.Module):
         self.f2 = _conv(channels, 3, norm, F.relu)  # F_12
 
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(R, C, P, P) -> B_1 (R, C, P, P); ``source`` is unused (stage 1 has no residual)."""
+        """(R, C, P, P) -> (R, C, P, P); ``source`` is unused (stage 1 has no residual)."""
         return self.f2(self.f1(x))
 
 
@@ -75,7 +76,7 @@ class LaterStageBoxConvs(nn.Module):
         self.g = _conv(channels, 1, norm, None)  # G_{i-1}
 
     def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """X_i (R, C, P, P) and what F_i1 reads (B_{i-1} under Eq. 2, X_i without sharing)."""
+        """X (R, C, P, P) and what F_i1 reads (B_{i-1} under Eq. 2, X without sharing)."""
         return x + self.g(self.f1(source))
 
 
@@ -92,20 +93,33 @@ def localization_feature_sharing(
     x: torch.Tensor,
     previous: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """B_i of stage i = ``len(convs)`` from its pooled features ``x`` (R, C, P, P), with
-    ``convs`` the conv heads of stages 1..i (:func:`build_localization_convs`):
+    """B_i of stage i = ``len(convs)`` from its pooled features ``x`` = X_i^box (R, C, P, P),
+    with ``convs`` the conv heads of stages 1..i (:func:`build_localization_convs`):
 
-    - "serial" (Eq. 2): B_1 = F_12(F_11(X_1)); B_i = X_i + G_{i-1}(F_i1(B_{i-1})), ``previous``
-      being B_{i-1} (R, C, P, P), the previous stage's box feature of the same boxes;
+    - "serial" (Eq. 2 as printed): B_1 = F_12(F_11(X_i)), B_2 = X_i + G_1(F_21(B_1)), ...,
+      B_i = X_i + G_{i-1}(F_i1(B_{i-1})): stage i's own pooled features run through the convs
+      of stages 1..i in series, every line reading X_i (as Eq. 1 runs them through the fc
+      layers of stages 1..i in parallel);
+    - "serial_memory" (not the paper's): B_i = X_i + G_{i-1}(F_i1(previous)), ``previous``
+      (R, C, P, P) being the B_{i-1} the previous stage computed for the same boxes on its own
+      pooled features (carried as per-box memory);
     - "parallel": the sum over j <= i of stage j's own head on X_i (as "none" defines it);
-    - "none": stage i's own head on X_i: B_1 = F_12(F_11(X_1)), B_i = X_i + G_{i-1}(F_i1(X_i)).
+    - "none": stage i's own head on X_i: F_12(F_11(X_i)) at stage 1, X_i + G_{i-1}(F_i1(X_i))
+      after.
     """
     stage = len(convs) - 1
     if mode == "none" or stage == 0:
         return convs[stage](x, x)
     if mode == "serial":
+        b = convs[0](x)
+        for conv in convs[1:]:
+            b = conv(x, b)
+        return b
+    if mode == "serial_memory":
         if previous is None:
-            raise ValueError(f"serial LFS at stage {stage + 1} needs B_{stage} of the same boxes")
+            raise ValueError(
+                f"serial_memory LFS at stage {stage + 1} needs B_{stage} of the same boxes"
+            )
         return convs[stage](x, previous)
     if mode == "parallel":
         return torch.stack([head(x, x) for head in convs]).sum(dim=0)

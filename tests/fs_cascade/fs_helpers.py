@@ -31,6 +31,12 @@ def switches(cfs, loc_head, lfs):
             "MODEL.FS_CASCADE.LFS", lfs]  # fmt: skip
 
 
+def memory_opts(lfs):
+    """The ground-truth handling that LFS mode ``lfs`` needs: the per-box memory of
+    "serial_memory" needs the boxes kept between stages."""
+    return ["MODEL.BOX_CASCADE.LATER_STAGE_GT", "keep"] if lfs == "serial_memory" else []
+
+
 def cfg_of(*opts, path=INSTANT):
     return setup_cfg(str(path), [str(o) for o in opts])
 
@@ -50,7 +56,12 @@ def spread_weights(model, seed=1, names=("box_predictor", "loc_head")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def train_batch(cfg, n=2):
+def train_batch(cfg, n=2, seed=0):
+    """The first ``n`` images of the training stream of data seed ``seed`` (the same images and
+    augmentations on every run, so that a failure reproduces)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = seed
     return next(iter(ZooTrainer.build_train_loader(cfg)))[:n]
 
 
@@ -109,8 +120,21 @@ def own_conv_head(heads, j, x):
     return x + conv1x1(convs.g, conv3x3_relu(convs.f1, x))
 
 
-def eq2(heads, i, x, b_prev):
-    """Eq. 2 for (0-based) stage i: B_1 = F_12(F_11(X_1)); B_i = X_i + G_{i-1}(F_i1(B_{i-1}))."""
+def eq2(heads, i, x):
+    """Eq. 2 as the paper prints it, for (0-based) stage i on its own pooled features x = X_i:
+    B_1 = F_12(F_11(X_i)), B_2 = X_i + G_1(F_21(B_1)), ..., B_i = X_i + G_{i-1}(F_i1(B_{i-1})),
+    line by line with the convs of stages 1, 2, ..., i."""
+    first = heads.loc_head[0]
+    b = conv3x3_relu(first.f2, conv3x3_relu(first.f1, x))  # B_1
+    for line in range(1, i + 1):  # B_2 .. B_i, each line adding X_i
+        convs = heads.loc_head[line]
+        b = x + conv1x1(convs.g, conv3x3_relu(convs.f1, b))
+    return b
+
+
+def eq2_from_memory(heads, i, x, b_prev):
+    """The "serial_memory" ablation (not the paper's): B_i = X_i + G_{i-1}(F_i1(b_prev)), b_prev
+    being the B_{i-1} that stage i-1 computed on its own pooled features."""
     convs = heads.loc_head[i]
     if i == 0:
         return conv3x3_relu(convs.f2, conv3x3_relu(convs.f1, x))
@@ -127,7 +151,8 @@ def literal_scores(heads, i, x, cfs):
 
 def literal_stage(heads, i, x, b_prev, cfs, loc_head, lfs, box_delta_input="flatten"):
     """Stage i's (scores, deltas, B_i) on pooled features x (R, C, P, P), from the paper's
-    equations; B_i is None with the fc localization head."""
+    equations; B_i is None with the fc localization head. ``b_prev`` (the previous stage's B) is
+    read only by the "serial_memory" ablation."""
     predictor = heads.box_predictor[i]
     own = fc_stack(heads.box_head[i], x)
     scores = literal_scores(heads, i, x, cfs)
@@ -135,7 +160,9 @@ def literal_stage(heads, i, x, b_prev, cfs, loc_head, lfs, box_delta_input="flat
         b, box = None, own
     else:
         if lfs == "serial":
-            b = eq2(heads, i, x, b_prev)
+            b = eq2(heads, i, x)
+        elif lfs == "serial_memory":
+            b = eq2_from_memory(heads, i, x, b_prev)
         elif lfs == "parallel":
             b = own_conv_head(heads, 0, x)
             for j in range(1, i + 1):

@@ -24,6 +24,7 @@ TABLE = {
     "lfs": (False, "conv", "serial"),  # Fig. 3c, Table 1 "w/ LFS"
     "conv_head": (False, "conv", "none"),  # Table 1 "w/o LFS"
     "lfs_parallel": (False, "conv", "parallel"),  # Sec. 3.2, the parallel form
+    "lfs_memory": (True, "conv", "serial_memory"),  # not the paper's: B_{i-1} from memory
 }
 
 
@@ -50,9 +51,11 @@ def test_config_loads_and_builds(path):
     assert type(heads).__name__ == "FSCascadeROIHeads"
     assert heads.cfs == fs.CFS and heads.lfs == fs.LFS
     assert (heads.loc_head is not None) == (fs.LOC_HEAD == "conv")
-    assert heads.reads_memory == (fs.LOC_HEAD == "conv" and fs.LFS == "serial")
-    # the paper's test: the last stage alone; LFS's memory needs the boxes kept
-    assert heads.test_ensemble == "none" and heads.later_stage_gt == "keep"
+    assert heads.reads_memory == (fs.LOC_HEAD == "conv" and fs.LFS == "serial_memory")
+    # the paper's test: the last stage alone; ground truth at later stages as the Cascade
+    # baseline's, except where per-box memory needs the boxes kept
+    assert heads.test_ensemble == "none"
+    assert heads.later_stage_gt == ("keep" if heads.reads_memory else "readd")
     assert heads.plan.num_run_at_test == 3
 
 
@@ -107,7 +110,6 @@ def test_benchmark_config_is_the_cascade_benchmark_plus_the_fscascade_head():
     cascade = _flat(setup_cfg(str(BENCHMARK / "cascade_rcnn_R_18_FPN_shapes.yaml")))
     assert {k for k in fs if fs[k] != cascade[k]} == {
         "MODEL.ROI_HEADS.NAME",  # FSCascadeROIHeads, with MODEL.FS_CASCADE's defaults: the paper's
-        "MODEL.BOX_CASCADE.LATER_STAGE_GT",  # keep: LFS carries each box's features on
         "MODEL.BOX_CASCADE.TEST_ENSEMBLE",  # none: the last stage alone
     }
     assert fs["MODEL.ROI_HEADS.NAME"] == "FSCascadeROIHeads"

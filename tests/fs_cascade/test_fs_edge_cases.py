@@ -10,6 +10,7 @@ from fs_helpers import (
     conv1x1,
     conv3x3_relu,
     eval_inputs,
+    memory_opts,
     model_of,
     roi_train_pass,
     switches,
@@ -58,8 +59,11 @@ def test_images_without_ground_truth_and_without_proposals():
     assert all(len(o) == 0 for o in extras["stage_instances"]["stage3"])
 
 
-def test_stage_whose_threshold_leaves_no_positives():
-    cfg = cfg_of("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5, 0.6, 0.999)")
+@pytest.mark.parametrize("lfs", ["serial", "serial_memory"])
+def test_stage_whose_threshold_leaves_no_positives(lfs):
+    # "keep": no exact ground-truth box is added back, so nothing reaches IoU 0.999
+    cfg = cfg_of("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5, 0.6, 0.999)", "MODEL.FS_CASCADE.LFS",
+                 lfs, "MODEL.BOX_CASCADE.LATER_STAGE_GT", "keep")  # fmt: skip
     model = model_of(cfg)
     with torch.no_grad():  # stage 2 moves every box, so that none stays at IoU >= 0.999
         model.roi_heads.box_predictor[1].bbox_pred.bias.copy_(torch.tensor([0.5, 0.5, 0.3, 0.3]))
@@ -67,11 +71,14 @@ def test_stage_whose_threshold_leaves_no_positives():
     _finite(losses)
     assert all((p.gt_classes == model.roi_heads.num_classes).all() for p in records[2].proposals)
     assert losses["loss_box_reg_stage2"] == 0
-    assert records[2].memory["lfs_box_feature"].shape == (sum(records[2].num_boxes), 64, 7, 7)
+    if lfs == "serial_memory":
+        shape = (sum(records[2].num_boxes), 64, 7, 7)
+        assert records[2].memory["lfs_box_feature"].shape == shape
 
 
 def test_box_features_follow_their_boxes_when_boxes_are_dropped():
-    cfg = cfg_of()
+    # the per-box memory of the "serial_memory" ablation
+    cfg = cfg_of("MODEL.FS_CASCADE.LFS", "serial_memory", *memory_opts("serial_memory"))
     model = model_of(cfg)
     heads = model.roi_heads
     refine, features = heads.refine_boxes, heads.stage_features
@@ -103,7 +110,7 @@ def test_box_features_follow_their_boxes_when_boxes_are_dropped():
         x, b_prev = received[k]
         assert len(x) == sum(records[k].num_boxes) == int(keep.sum())
         assert torch.equal(b_prev, prev.memory["lfs_box_feature"][keep])
-        # Eq. 2 on the kept rows
+        # the memory reading of Eq. 2 on the kept rows
         convs = heads.loc_head[k]
         want = x + conv1x1(convs.g, conv3x3_relu(convs.f1, b_prev))
         assert torch.allclose(records[k].memory["lfs_box_feature"], want, atol=1e-5)
@@ -116,8 +123,9 @@ BAD_CONFIGS = [
     (switches(False, "fc", "parallel"), "MODEL.FS_CASCADE.LFS 'parallel' .*LOC_HEAD 'conv'"),
     (["MODEL.FS_CASCADE.BOX_DELTA_INPUT", "max"], "MODEL.FS_CASCADE.BOX_DELTA_INPUT must be"),
     # the memory extension point refuses what reorders or replaces boxes between stages
-    (["MODEL.BOX_CASCADE.LATER_STAGE_GT", "readd"], "MODEL.BOX_CASCADE.LATER_STAGE_GT 'readd'"),
-    (["MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "refined"]'],
+    (["MODEL.FS_CASCADE.LFS", "serial_memory"], "MODEL.BOX_CASCADE.LATER_STAGE_GT 'readd'"),
+    (["MODEL.FS_CASCADE.LFS", "serial_memory", *memory_opts("serial_memory"),
+      "MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "refined"]'],
      "MODEL.BOX_CASCADE.STAGE_SAMPLERS: stages \\[2\\] re-sample"),
     (["MODEL.BOX_CASCADE.SHARED_HEAD", "True", "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", "False",
       "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(((10.0, 10.0, 5.0, 5.0),) * 3)],
@@ -132,8 +140,10 @@ def test_bad_configs_stop_naming_the_key(opts, message):
         model_of(cfg_of(*opts))
 
 
-@pytest.mark.parametrize("mode", [(True, "fc", "none"), (False, "conv", "parallel")])
-def test_without_serial_lfs_boxes_may_be_replaced_between_stages(mode):
+@pytest.mark.parametrize(
+    "mode", [(True, "conv", "serial"), (True, "fc", "none"), (False, "conv", "parallel")]
+)
+def test_without_per_box_memory_boxes_may_be_replaced_between_stages(mode):
     # no per-box memory is read, so the core's default ground-truth handling is allowed
     heads = model_of(
         cfg_of(*switches(*mode), "MODEL.BOX_CASCADE.LATER_STAGE_GT", "readd")

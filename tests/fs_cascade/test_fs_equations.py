@@ -10,9 +10,12 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes
 from fs_helpers import (
     cfg_of,
+    eq2,
+    eq2_from_memory,
     eval_inputs,
     literal_scores,
     literal_stage,
+    memory_opts,
     model_of,
     spread_weights,
     switches,
@@ -21,6 +24,7 @@ from fs_helpers import (
 MODES = [
     (True, "conv", "serial"),  # FSCascade
     (False, "conv", "serial"),  # LFS only
+    (True, "conv", "serial_memory"),  # the per-box memory ablation
     (True, "conv", "parallel"),
     (False, "conv", "none"),  # conv head without sharing
     (True, "fc", "none"),  # CFS only
@@ -38,7 +42,8 @@ def _close(a, b):
 )
 def test_stage_chain_is_the_papers_equations_on_random_features(mode, box_delta_input):
     cfs, loc_head, lfs = mode
-    cfg = cfg_of(*switches(*mode), "MODEL.FS_CASCADE.BOX_DELTA_INPUT", box_delta_input)
+    cfg = cfg_of(*switches(*mode), "MODEL.FS_CASCADE.BOX_DELTA_INPUT", box_delta_input,
+                 *memory_opts(lfs))  # fmt: skip
     heads = model_of(cfg).roi_heads
     spread_weights(heads)
     heads.train()
@@ -50,10 +55,10 @@ def test_stage_chain_is_the_papers_equations_on_random_features(mode, box_delta_
         scores, deltas, b = literal_stage(heads, i, x, b_prev, *mode, box_delta_input)
         assert _close(predictions["scores"], scores), (mode, i)
         assert _close(predictions["proposal_deltas"], deltas), (mode, i)
-        if lfs == "serial":
+        if lfs == "serial_memory":
             assert _close(memory["lfs_box_feature"], b)
         else:
-            assert memory == {}  # nothing carried without serial LFS
+            assert memory == {}  # Eq. 2 reads only X_i: nothing is carried between stages
         b_prev = b
     # the sharing is real: stage 3's scores differ from its own fc layers' alone
     own = F.linear(
@@ -63,13 +68,42 @@ def test_stage_chain_is_the_papers_equations_on_random_features(mode, box_delta_
     assert _close(predictions["scores"], own) != cfs
 
 
+def test_eq2_reads_the_current_stages_features_in_every_line():
+    # Eq. 2 as printed has X_i^box in every line: stage 3's B_3 depends on stage 3's pooled
+    # features only, through the convs of stages 1, 2 and 3; the per-box memory ablation's B_3
+    # is another function (it reads the B_2 that stage 2 computed on its own features)
+    cfg = cfg_of()
+    heads = model_of(cfg).roi_heads
+    spread_weights(heads)
+    heads.train()
+    g = torch.Generator().manual_seed(9)
+    x2, x3 = (torch.randn(7, 64, 7, 7, generator=g) for _ in range(2))
+    predictions, memory = heads.predict(2, x3, {})
+    assert memory == {}
+    b3 = eq2(heads, 2, x3)
+    deltas = F.linear(b3.flatten(1), heads.box_predictor[2].bbox_pred.weight,
+                      heads.box_predictor[2].bbox_pred.bias)  # fmt: skip
+    assert _close(predictions["proposal_deltas"], deltas)
+    # what stage 2 carried on is not read: the same with any memory
+    again, _ = heads.predict(2, x3, {"lfs_box_feature": eq2(heads, 1, x2)})
+    assert torch.equal(again["proposal_deltas"], predictions["proposal_deltas"])
+    memory_b3 = eq2_from_memory(heads, 2, x3, eq2(heads, 1, x2))
+    assert not _close(b3, memory_b3)
+    # each conv of stages 1..3 is on the path: zeroing stage 2's 1x1 conv changes B_3
+    with torch.no_grad():
+        heads.loc_head[1].g.weight.zero_()
+        heads.loc_head[1].g.bias.zero_()
+    zeroed, _ = heads.predict(2, x3, {})
+    assert not _close(zeroed["proposal_deltas"], predictions["proposal_deltas"])
+
+
 ENSEMBLES = ("none", "all_on_final", "mean_probs", "mean_logits")
 
 
-@pytest.mark.parametrize("mode", MODES[:3], ids=lambda m: "-".join(map(str, m)))
+@pytest.mark.parametrize("mode", MODES[:4], ids=lambda m: "-".join(map(str, m)))
 def test_test_chain_is_the_papers_equations_under_every_ensemble(mode):
     cfs = mode[0]
-    cfg = cfg_of(*switches(*mode), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.01)
+    cfg = cfg_of(*switches(*mode), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.01, *memory_opts(mode[2]))
     model = model_of(cfg)
     spread_weights(model)
     heads = model.roi_heads
