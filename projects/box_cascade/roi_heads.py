@@ -171,7 +171,8 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             losses, records = self._forward_box_train(features, proposals, targets)
             stage_proposals = [r.proposals for r in records]
             if self.mask_on:
-                losses.update(self.mask_losses(features, stage_proposals))
+                mask_proposals = self.mask_training_proposals(records, targets)
+                losses.update(self.mask_losses(features, mask_proposals))
             losses.update(self._forward_keypoint(features, stage_proposals[0]))
             return stage_proposals[0], losses
         pred_instances, extras = self._forward_box_test(features, proposals)
@@ -358,6 +359,13 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         return probs
 
     # ------------------------------------------------------------------ masks
+
+    def mask_training_proposals(self, records: List[StageRecord], targets) -> List[List[Instances]]:
+        """Per training stage, the labelled boxes whose positives may train the mask branch (the
+        strategy picks the stages): here each stage's own training samples, its input boxes, as
+        Cascade Mask R-CNN does. A subclass may give other boxes (e.g. the stage's output)."""
+        del targets
+        return [r.proposals for r in records]
 
     def mask_losses(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
         """The mask losses in training, from each training stage's labelled boxes

@@ -19,7 +19,8 @@ The loops themselves are the box-cascade core's stages sharing one head
   "mean_logits" (the paper and the official code) or "max_logits" (registered here); boxes come
   from the last loop;
 - masks: ``MODEL.BOX_CASCADE.MASK_STRATEGY "every"``: the one mask head trained on every loop's
-  positives with the loop's weight, predicted on the final boxes.
+  positives with the loop's weight, predicted on the final boxes; which boxes of loop t are its
+  positives: ``MODEL.R3_CNN.MASK_BOXES``.
 """
 
 from detectron2.config import CfgNode as CN
@@ -34,6 +35,15 @@ def add_r3_cnn_config(cfg: CN) -> None:
     # features to the pooled features; at test the chain of L_t links runs on the final boxes
     # and the links' mask probabilities are averaged (HTC's test-time merge).
     _C.MASK_INFO_FLOW = False
+    # Which boxes train loop t's mask (Sec. 3, Fig. 1b: the proposal set that loop t's box head
+    # produces goes both to the mask module M_t and to the next loop's pooler; the official code
+    # runs HTC's interleaved mode):
+    # "output": loop t's regressed boxes (clipped, empty ones dropped, ground truth as
+    #     BOX_CASCADE.LATER_STAGE_GT says), labelled at loop t's IoU threshold and sampled by the
+    #     later loops' sampler (BOX_CASCADE.STAGE_SAMPLERS; "resample" for one loop);
+    # "input": loop t's own training samples, the boxes its box head was trained on (Cascade Mask
+    #     R-CNN's choice; not the paper's).
+    _C.MASK_BOXES = "output"
 
     # R3-CNN-L's box head (ROI_BOX_HEAD.NAME "NonLocalConvBoxHead", Table 1 row 6, Table 4): a
     # non-local block (embedded Gaussian, residual) whose query/key/value convs have this kernel

@@ -1,7 +1,8 @@
 """R3-CNN's ROI heads: the box-cascade core with every loop (stage) running the one box head and
 class-agnostic predictor, each loop trained at its own IoU threshold with its own loss weight, the
-loops' class logits merged at test and the boxes of the last loop; one mask head trained on every
-loop's positives (optionally with HTC-style information flow between loops).
+loops' class logits merged at test and the boxes of the last loop; one mask head trained on the
+positives among every loop's output boxes (optionally with HTC-style information flow between
+loops).
 
 Shapes: R boxes, C channels, M mask resolution, K foreground classes, L_t training loops.
 """
@@ -24,10 +25,14 @@ from torch import nn
 
 from box_cascade import BoxCascadeROIHeads
 from box_cascade.ensembles import register_test_ensemble
+from box_cascade.samplers import ResampleRefinedBoxes
 
 from .mask_iou import MaskIoUHead, mask_iou_targets
 
-__all__ = ["R3CNNROIHeads", "max_of_logits"]
+__all__ = ["MASK_BOXES", "R3CNNROIHeads", "max_of_logits"]
+
+#: MODEL.R3_CNN.MASK_BOXES values (config.py).
+MASK_BOXES = ("output", "input")
 
 
 @register_test_ensemble("max_logits")
@@ -51,6 +56,7 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
         mask_iou_head: nn.Module = None,
         mask_iou_loss_weight: float = 1.0,
         mask_iou_rescore: bool = False,
+        mask_boxes: str = "output",
         **kwargs,
     ):
         """
@@ -59,8 +65,14 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
             mask_iou_head: R3-CNN-L's mask-IoU scoring head (mask_iou.py), or None.
             mask_iou_loss_weight: its loss weight.
             mask_iou_rescore: at test, replace the scores by score x predicted mask IoU.
+            mask_boxes: one of MASK_BOXES, which boxes of a loop train its mask.
         """
         super().__init__(**kwargs)
+        if mask_boxes not in MASK_BOXES:
+            raise ValueError(
+                f"MODEL.R3_CNN.MASK_BOXES must be one of {MASK_BOXES}, got {mask_boxes!r}"
+            )
+        self.mask_boxes = mask_boxes
         self.mask_flow = mask_flow
         self.mask_iou_head = mask_iou_head
         self.mask_iou_loss_weight = mask_iou_loss_weight
@@ -105,7 +117,9 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
             )
         ret = super().from_config(cfg, input_shape)
         ret.update(
-            mask_iou_loss_weight=r3.MASK_IOU_LOSS_WEIGHT, mask_iou_rescore=r3.MASK_IOU_RESCORE
+            mask_iou_loss_weight=r3.MASK_IOU_LOSS_WEIGHT,
+            mask_iou_rescore=r3.MASK_IOU_RESCORE,
+            mask_boxes=r3.MASK_BOXES,
         )
         return ret
 
@@ -146,6 +160,21 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
         return ret
 
     # ------------------------------------------------------------------ masks
+
+    def mask_training_proposals(self, records, targets):
+        """With ``mask_boxes`` "output", loop t's mask trains on loop t's regressed boxes (as
+        the next loop receives them: clipped, empty ones dropped, ground truth per
+        LATER_STAGE_GT), labelled at loop t's IoU threshold and sampled by the later loops'
+        sampler, as HTC's interleaved mode re-assigns and re-samples the boxes that stage t
+        regressed with stage t's assigner before its mask branch."""
+        if self.mask_boxes == "input":
+            return super().mask_training_proposals(records, targets)
+        later = self.stage_samplers[-1] if len(self.stage_samplers) > 1 else ResampleRefinedBoxes()
+        out = []
+        for record in records:
+            proposals, _ = self.next_stage_inputs(record, targets)
+            out.append(later(self, record.stage, proposals, targets))
+        return out
 
     def mask_losses(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
         """Strategy "every": each loop's positives train the one mask head (through the chain of

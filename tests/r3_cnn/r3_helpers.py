@@ -87,38 +87,50 @@ def head_outputs(heads, features, boxes_per_image):
     return heads.box_predictor[0].cls_score(h), heads.box_predictor[0].bbox_pred(h)
 
 
+def loop_losses(heads, features, boxes, targets, u, w, reg_weights, beta):
+    """One loop's literal losses on its boxes (per image (R_i, 4)), labelled at IoU ``u``:
+    (weighted cls loss, weighted box loss, deltas (R, 4), labels (R,))."""
+    background = heads.num_classes
+    logits, deltas = head_outputs(heads, features, boxes)
+    labels, targets_t = [], []
+    for b, tgt in zip(boxes, targets):
+        lab, index = labels_at(b, tgt.gt_boxes.tensor, tgt.gt_classes, u, background)
+        labels.append(lab)
+        pos = lab < background
+        targets_t.append(
+            encode(b[pos], tgt.gt_boxes.tensor[index[pos]], reg_weights)
+            if index is not None else torch.zeros(0, 4)
+        )  # fmt: skip
+    labels = torch.cat(labels)
+    positives = labels < background
+    log_probs = torch.log_softmax(logits, dim=1)
+    cls = -log_probs[torch.arange(len(labels)), labels].mean()
+    box = smooth_l1(deltas[positives] - torch.cat(targets_t), beta).sum() / len(labels)
+    return w * cls, w * box, deltas, labels
+
+
+def refine(boxes, deltas, targets, reg_weights):
+    """Every box decoded, clipped, the empty ones dropped: per image (refined (R_i', 4), kept
+    (R_i,) bool)."""
+    out, start = [], 0
+    for b, tgt in zip(boxes, targets):
+        d = deltas[start : start + len(b)].detach()
+        start += len(b)
+        r = clip(decode(b, d, reg_weights), tgt.image_size)
+        keep = (r[:, 2] - r[:, 0] > 0) & (r[:, 3] - r[:, 1] > 0)
+        out.append((r[keep], keep))
+    return out
+
+
 def training_loops(heads, features, first_boxes, targets, ious, loss_weights, reg_weights, beta):
     """The literal R3-CNN training pass with every loop on all boxes of the previous one (carry-all
     mode, ground-truth copies kept): per loop, (weighted cls loss, weighted box loss)."""
-    background = heads.num_classes
     boxes = [b.detach() for b in first_boxes]
     out = []
     for u, w in zip(ious, loss_weights):
-        logits, deltas = head_outputs(heads, features, boxes)
-        labels, targets_t, positives = [], [], []
-        for b, tgt in zip(boxes, targets):
-            lab, index = labels_at(b, tgt.gt_boxes.tensor, tgt.gt_classes, u, background)
-            labels.append(lab)
-            pos = lab < background
-            positives.append(pos)
-            targets_t.append(
-                encode(b[pos], tgt.gt_boxes.tensor[index[pos]], reg_weights)
-                if index is not None else torch.zeros(0, 4)
-            )  # fmt: skip
-        labels, positives = torch.cat(labels), torch.cat(positives)
-        log_probs = torch.log_softmax(logits, dim=1)
-        cls = -log_probs[torch.arange(len(labels)), labels].mean()
-        box = smooth_l1(deltas[positives] - torch.cat(targets_t), beta).sum() / len(labels)
-        out.append((w * cls, w * box))
-        # refine: decode every box, clip, drop the empty ones
-        refined, start = [], 0
-        for b, tgt in zip(boxes, targets):
-            d = deltas[start : start + len(b)].detach()
-            start += len(b)
-            r = clip(decode(b, d, reg_weights), tgt.image_size)
-            keep = (r[:, 2] - r[:, 0] > 0) & (r[:, 3] - r[:, 1] > 0)
-            refined.append(r[keep])
-        boxes = refined
+        cls, box, deltas, _ = loop_losses(heads, features, boxes, targets, u, w, reg_weights, beta)
+        out.append((cls, box))
+        boxes = [r for r, _ in refine(boxes, deltas, targets, reg_weights)]
     return out
 
 

@@ -25,7 +25,7 @@ from core_helpers import (  # noqa: E402
     spread_predictor_weights,
     train_batch,
 )
-from r3_helpers import detections, training_loops  # noqa: E402
+from r3_helpers import detections, labels_at, loop_losses, refine, training_loops  # noqa: E402
 from r3_helpers import test_loops as literal_test_loops  # noqa: E402
 
 R3 = ROOT / "configs" / "R3CNN" / "r3_cnn_instant_test.yaml"
@@ -80,6 +80,65 @@ def test_training_loops_equal_a_literal_restatement_losses_and_gradients():
     want = torch.autograd.grad(sum(c + b for c, b in literal), shared)
     for g, w in zip(got, want):
         assert torch.allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+def _rows_in(rows, table):
+    """For each row of ``rows`` (N, 4), the index of an equal row of ``table`` (M, 4), or -1."""
+    if len(table) == 0:
+        return torch.full((len(rows),), -1, dtype=torch.long)
+    close = (rows[:, None, :] - table[None, :, :]).abs().amax(dim=2) < 1e-3
+    found = close.any(dim=1)
+    return torch.where(found, close.float().argmax(dim=1), torch.full_like(found, -1).long())
+
+
+def test_training_loops_in_the_default_resample_mode_equal_a_literal_restatement():
+    # The official behaviour: every later loop re-samples the previous loop's boxes (regressed
+    # copies of ground truth dropped, the exact ground truth added) with the first loop's batch
+    # size and positive fraction, labelled at its own IoU threshold. A small batch (2 positives
+    # per image at most) makes the re-sampling drop boxes.
+    cfg, model = _r3("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8)
+    assert list(cfg.MODEL.BOX_CASCADE.STAGE_SAMPLERS) == ["sample", "resample", "resample"]
+    assert cfg.MODEL.BOX_CASCADE.LATER_STAGE_GT == "readd"
+    batch_size = cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    max_positives = int(batch_size * cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION)
+    heads = model.roi_heads
+    torch.manual_seed(4)
+    losses, records, targets, _, features = roi_train_pass(model, train_batch(cfg))
+    feats = [features[f] for f in heads.box_in_features]
+    background = heads.num_classes
+    ious, weights = (0.5, 0.6, 0.7), (1.0, 0.75, 0.5)
+    fewer = False
+    for t in range(3):
+        sampled = [p.proposal_boxes.tensor for p in records[t].proposals]
+        cls, box, deltas, labels = loop_losses(heads, feats, sampled, targets, ious[t],
+                                               weights[t], REG, beta=1.0)  # fmt: skip
+        assert torch.allclose(losses[f"loss_cls_stage{t}"], cls, rtol=1e-5), t
+        assert torch.allclose(losses[f"loss_box_reg_stage{t}"], box, rtol=1e-4, atol=1e-7), t
+        assert torch.equal(torch.cat([p.gt_classes for p in records[t].proposals]), labels)
+        if t == 0:
+            continue
+        # the boxes loop t may sample from, written out from loop t-1's samples and deltas
+        prev = records[t - 1]
+        prev_boxes = [p.proposal_boxes.tensor for p in prev.proposals]
+        _, _, prev_deltas, _ = loop_losses(heads, feats, prev_boxes, targets, ious[t - 1], 1.0,
+                                           REG, beta=1.0)  # fmt: skip
+        for refined_keep, props, tgt, got in zip(
+            refine(prev_boxes, prev_deltas, targets, REG), prev.proposals, targets, sampled
+        ):
+            refined, keep = refined_keep
+            pool = torch.cat([refined[~props.from_gt[keep]], tgt.gt_boxes.tensor])
+            pool_labels, _ = labels_at(pool, tgt.gt_boxes.tensor, tgt.gt_classes, ious[t],
+                                       background)  # fmt: skip
+            where = _rows_in(got, pool)
+            assert (where >= 0).all(), "a sampled box is not one of the previous loop's"
+            assert len(set(where.tolist())) == len(got)  # no box twice
+            n_pos_pool = int((pool_labels < background).sum())
+            n_pos = min(n_pos_pool, max_positives)
+            n_neg = min(batch_size - n_pos, len(pool) - n_pos_pool)
+            got_pos = int((pool_labels[where] < background).sum())
+            assert (got_pos, len(got) - got_pos) == (n_pos, n_neg), t
+            fewer |= len(got) < len(pool)
+    assert fewer  # the batch size really sub-samples (carry-all would keep every box)
 
 
 @pytest.mark.parametrize("loops, merge", [(1, "mean"), (3, "mean"), (5, "mean"), (3, "max")])

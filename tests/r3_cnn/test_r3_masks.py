@@ -14,7 +14,15 @@ from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
-from core_helpers import cfg_of, detections_of, eval_inputs, model_of, train_batch  # noqa: E402
+from core_helpers import (  # noqa: E402
+    cfg_of,
+    detections_of,
+    eval_inputs,
+    model_of,
+    spread_predictor_weights,
+    train_batch,
+)
+from detectron2.structures import Boxes, Instances  # noqa: E402
 
 MASK = ROOT / "configs" / "R3CNN" / "r3_cnn_mask_instant_test.yaml"
 WEIGHTS = (1.0, 0.75, 0.5)
@@ -30,9 +38,116 @@ def _mask_pass(model, batch):
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, targets)
         losses, records = heads._forward_box_train(features, proposals, targets)
-        stage_proposals = [r.proposals for r in records]
+        stage_proposals = heads.mask_training_proposals(records, targets)
         losses.update(heads.mask_losses(features, stage_proposals))
     return losses, stage_proposals, features
+
+
+def _masks_pass_with_records(model, batch):
+    """Training pass of the whole ROI heads, keeping each loop's record: (losses, records,
+    features)."""
+    model.train()
+    heads = model.roi_heads
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
+    kept = []
+    run_stage = heads.run_stage
+
+    def recording(*args, **kwargs):
+        record = run_stage(*args, **kwargs)
+        kept.append(record)
+        return record
+
+    heads.run_stage = recording
+    with EventStorage(0):
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        _, losses = heads(images, features, proposals, targets)
+    return losses, kept, features
+
+
+def _literal_loop_output_positives(record, targets, weights, threshold):
+    """Loop t's output boxes written out, per image: the loop's input boxes moved by its deltas
+    (Detectron2's Box2BoxTransform with the loop's weights), clipped, empty ones dropped, the
+    regressed copies of ground truth dropped and the exact ground truth added ("readd"), each
+    labelled by its best ground truth at IoU >= threshold. Returns per image (positive boxes
+    (P, 4), index of their ground truth (P,))."""
+    from detectron2.modeling.box_regression import Box2BoxTransform
+    from detectron2.structures import Boxes, pairwise_iou
+
+    transform = Box2BoxTransform(weights)
+    deltas = (
+        record.predictions["proposal_deltas"].detach().split([len(p) for p in record.proposals])
+    )
+    out = []
+    for props, d, gt in zip(record.proposals, deltas, targets):
+        boxes = Boxes(transform.apply_deltas(d, props.proposal_boxes.tensor))
+        boxes.clip(props.image_size)
+        keep = boxes.nonempty() & ~props.from_gt
+        boxes = Boxes(torch.cat([boxes.tensor[keep], gt.gt_boxes.tensor]))
+        iou = pairwise_iou(gt.gt_boxes, boxes)  # (G, R)
+        best, index = iou.max(dim=0)
+        positive = best >= threshold
+        out.append((boxes.tensor[positive], index[positive]))
+    return out
+
+
+def test_each_loops_mask_trains_on_the_boxes_that_loop_produces():
+    # Sec. 3 / Fig. 1b: the proposals that loop t's box head produces feed M_t. With every box
+    # sampled (a batch larger than the boxes, positives up to all of them), loop t's mask
+    # positives are exactly the literal set, and its loss is Detectron2's mask loss on them.
+    cfg = cfg_of(MASK, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 4096,
+                 "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)  # fmt: skip
+    assert cfg.MODEL.R3_CNN.MASK_BOXES == "output"
+    model = model_of(cfg)
+    spread_predictor_weights(model)  # the loops move their boxes
+    heads = model.roi_heads
+    batch = train_batch(cfg)
+    targets = [x["instances"] for x in batch]
+    torch.manual_seed(3)
+    losses, records, features = _masks_pass_with_records(model, batch)
+    assert len(records) == 3
+    weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+    ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
+    moved = False
+    with EventStorage(0):
+        for t, record in enumerate(records):
+            positives = _literal_loop_output_positives(record, targets, weights[t], ious[t])
+            boxes = [b for b, _ in positives]
+            x = heads.mask_inputs(features, [Boxes(b) for b in boxes])
+            logits = heads.mask_head.layers(x)
+            fg = []
+            for (b, index), gt, props in zip(positives, targets, record.proposals):
+                inst = Instances(props.image_size, proposal_boxes=Boxes(b))
+                inst.gt_classes = gt.gt_classes[index]
+                inst.gt_masks = gt.gt_masks[index]
+                fg.append(inst)
+            want = WEIGHTS[t] * mask_rcnn_loss(logits, fg)
+            assert torch.allclose(losses[f"loss_mask_stage{t}"], want, rtol=1e-4), t
+            # the loop's input positives give another loss: the test tells the two apart
+            inputs, _ = select_foreground_proposals(record.proposals, heads.num_classes)
+            x_in = heads.mask_inputs(features, [p.proposal_boxes for p in inputs])
+            other = WEIGHTS[t] * mask_rcnn_loss(heads.mask_head.layers(x_in), inputs)
+            moved |= not torch.allclose(other, want, rtol=1e-4)
+    assert moved
+
+
+def test_mask_boxes_input_trains_each_loop_on_its_input_samples():
+    cfg = cfg_of(MASK, "MODEL.R3_CNN.MASK_BOXES", "input")
+    model = model_of(cfg)
+    spread_predictor_weights(model)
+    heads = model.roi_heads
+    torch.manual_seed(3)
+    losses, records, features = _masks_pass_with_records(model, train_batch(cfg))
+    with EventStorage(0):
+        for t, record in enumerate(records):
+            want = StandardROIHeads._forward_mask(heads, features, record.proposals)["loss_mask"]
+            assert torch.allclose(losses[f"loss_mask_stage{t}"], WEIGHTS[t] * want, rtol=1e-5)
+
+
+def test_unknown_mask_boxes_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="MODEL.R3_CNN.MASK_BOXES must be one of"):
+        model_of(cfg_of(MASK, "MODEL.R3_CNN.MASK_BOXES", "refined"))
 
 
 def _literal_chain(heads, x, links):
