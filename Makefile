@@ -42,8 +42,8 @@ benchmark: setup
 		--output docs/benchmarks.md MODEL.BOX_CASCADE.STAGEWISE_TEST False
 
 # The fair shapes benchmark (docs/benchmark_protocol.md): trains the runs that are missing (the
-# pretrained backbone first), resumes killed ones, writes benchmarks/results/, docs/results.md and
-# MODEL_ZOO.md. Run it again to go on where it stopped.
+# pretrained backbone first), resumes killed ones, writes benchmarks/results/, docs/results.md,
+# MODEL_ZOO.md and the paper READMEs' results blocks. Run it again to go on where it stopped.
 RESULTS_CONFIGS := Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \
 	Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml \
 	Benchmark/faster_rcnn_R_18_FPN_rga_shapes.yaml Benchmark/faster_rcnn_R_18_FPN_prm_shapes.yaml \
@@ -51,4 +51,4 @@ RESULTS_CONFIGS := Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \
 	Benchmark/r3_cnn_R_18_FPN_shapes.yaml Benchmark/fs_cascade_R_18_FPN_shapes.yaml \
 	Benchmark/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml Benchmark/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml
 results: setup
-	$(PY) tools/run_benchmark.py --configs $(RESULTS_CONFIGS) --seeds 0 1 2
+	$(PY) tools/run_results.py --configs $(RESULTS_CONFIGS) --seeds 0 1 2

@@ -14,7 +14,6 @@ import os
 import sys
 from collections import OrderedDict
 
-from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from box_cascade.cross_stage import cross_stage_tables, evaluate_cross_stage
@@ -22,6 +21,7 @@ from cascade_zoo import setup_cfg
 from cascade_zoo.analysis import plot_ap_curves
 from cascade_zoo.analysis.ap_iou import AP_KEYS
 from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.modeling import build_model
 
 
 def main(argv=None):

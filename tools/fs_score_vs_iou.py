@@ -21,12 +21,12 @@ import sys
 from collections import OrderedDict
 
 import numpy as np
-from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
 from cascade_zoo.analysis import AnalysisInputError
 from cascade_zoo.data import check_dataset_files
 from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.modeling import build_model
 from fs_cascade.analysis import (
     FIG5_IOU_RANGE,
     in_iou_range,

@@ -15,12 +15,11 @@ import os
 import sys
 from collections import OrderedDict
 
-from detectron2.modeling import build_model
-
 from cascade_zoo import setup_cfg
 from cascade_zoo.analysis import AnalysisInputError
 from cascade_zoo.data import check_dataset_files
 from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.modeling import build_model
 from iou_uniform.analysis import iou_prediction_table, iou_predictions, plot_iou_predictions
 
 

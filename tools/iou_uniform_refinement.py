@@ -21,12 +21,12 @@ import sys
 from collections import OrderedDict
 
 import numpy as np
-from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
 from cascade_zoo.analysis import AnalysisInputError
 from cascade_zoo.data import check_dataset_files
 from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.modeling import build_model
 from iou_uniform.analysis import (
     localization_gain_table,
     plot_localization_gain,

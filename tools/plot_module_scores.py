@@ -12,11 +12,10 @@ import json
 import os
 import sys
 
-from detectron2.modeling import build_model
-
 from cascade_zoo import setup_cfg
 from cascade_zoo.data import check_dataset_files
 from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.modeling import build_model
 from rga_prm.analysis import module_scores, plot_module_scores, score_difference_summary
 
 

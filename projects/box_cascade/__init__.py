@@ -6,6 +6,7 @@ evaluator."""
 
 from cascade_zoo.evaluation import EXTRA_EVALUATOR_REGISTRY
 
+from . import results  # noqa: F401  (registers its part of the benchmark's reports)
 from .build import stage_loss_weights
 from .config import add_box_cascade_config
 from .ensembles import TEST_ENSEMBLE_REGISTRY, merge_branch_predictions, register_test_ensemble

@@ -55,7 +55,7 @@ def cross_stage_detections(model, inputs, add_gt: bool = False) -> List[Dict[Cel
         if add_gt:
             gt = [x["instances"].gt_boxes.to(model.device) for x in inputs]
             stage_proposals = add_ground_truth_to_proposals(gt, stage_proposals)
-        box_features = heads._pool(feats, stage_proposals)
+        box_features = heads.pool(feats, stage_proposals)
         memory = {}
         for j in range(num):
             predictions, memory = heads.predict(j, box_features, memory)

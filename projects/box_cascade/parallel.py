@@ -17,9 +17,8 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from cascade_zoo.engine.gradients import GradientScale, group_by_value
-
 from .ensembles import merge_branch_predictions
+from .head_rule import StageModule
 from .roi_heads import BoxCascadeROIHeads
 from .samplers import SampleProposals
 from .stages import StageRecord, as_predictions, d2_pair
@@ -35,16 +34,19 @@ def _module_name(m: int) -> str:
 class ParallelModulesROIHeads(BoxCascadeROIHeads):
     """The box-cascade core with K parallel modules in every stage (see module doc)."""
 
-    rcnn_module_prefixes = (*BoxCascadeROIHeads.rcnn_module_prefixes, "parallel_box_head.",
-                            "parallel_box_predictor.")  # fmt: skip
+    #: ``parallel_box_head.m.k`` / ``parallel_box_predictor.m.k``: module m's head and
+    #: predictor k, indexed like the core's.
+    STAGE_MODULES = {
+        **BoxCascadeROIHeads.STAGE_MODULES,
+        "parallel_box_head": StageModule("head", branches=True),
+        "parallel_box_predictor": StageModule("predictor", branches=True),
+    }
 
     @configurable
     def __init__(
         self,
         *,
         positive_fractions: List[float],
-        parallel_box_heads: List[List[nn.Module]],
-        parallel_box_predictors: List[List[nn.Module]],
         box_module: int = -1,
         merge: str = "mean_logits",
         **kwargs,
@@ -53,8 +55,9 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
         Args (beyond BoxCascadeROIHeads'):
             positive_fractions: one per module (K = its length), the largest share of positives
                 in the module's sample.
-            parallel_box_heads, parallel_box_predictors: for each of the K - 1 modules other than
-                the box module, its heads and predictors (as many as the core's).
+            stage_modules: ``parallel_box_head`` and ``parallel_box_predictor``, each an
+                ``nn.ModuleList`` with, for each of the K - 1 modules other than the box module,
+                an ``nn.ModuleList`` of its heads or predictors (as many as the core's).
             box_module: the module whose boxes are output and refined for the next stage;
                 -1: the one with the largest positive fraction.
             merge: how the modules' logits are merged at test, one of BRANCH_MERGES.
@@ -80,19 +83,11 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
         self.module_fractions = [positive_fractions[box_module]] + [
             f for m, f in enumerate(positive_fractions) if m != box_module
         ]
-        if len(parallel_box_heads) != k - 1 or len(parallel_box_predictors) != k - 1:
+        if (
+            len(self.parallel_box_head or ()) != k - 1
+            or len(self.parallel_box_predictor or ()) != k - 1
+        ):
             raise ValueError(f"{k - 1} parallel modules expected besides the box module")
-        self.parallel_box_head = nn.ModuleList(nn.ModuleList(h) for h in parallel_box_heads)
-        self.parallel_box_predictor = nn.ModuleList(
-            nn.ModuleList(p) for p in parallel_box_predictors
-        )
-        params = dict(self.named_parameters())
-        parallel = {n: f for n, f in self.head_gradient_multipliers().items()
-                    if n.startswith(("parallel_box_head.", "parallel_box_predictor."))}  # fmt: skip
-        self._gradient_scales += [
-            GradientScale([params[n] for n in names], factor)
-            for factor, names in group_by_value(parallel)
-        ]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -112,8 +107,10 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
             predictors.append(built["box_predictors"][:n_predictors])
         ret.update(
             positive_fractions=fractions,
-            parallel_box_heads=heads,
-            parallel_box_predictors=predictors,
+            stage_modules={
+                "parallel_box_head": nn.ModuleList(nn.ModuleList(h) for h in heads),
+                "parallel_box_predictor": nn.ModuleList(nn.ModuleList(q) for q in predictors),
+            },
             box_module=p.BOX_MODULE,
             merge=p.MERGE,
         )
@@ -174,20 +171,20 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
         out = {}
         for m in range(1, self.num_modules):
             name = _module_name(m)
-            box_features = self._pool(features, samples[name])
+            box_features = self.pool(features, samples[name])
             predictions = self._module_predict(record.stage, m, box_features)
             out[name] = StageRecord(record.stage, samples[name], box_features, predictions)
         return out
 
     def stage_losses(self, record):
         losses = super().stage_losses(record)
-        weight = self.plan.loss_weights[record.stage]
         idx = self.plan.trained_stage(record.stage)
         for m in range(1, self.num_modules):
             branch = record.branches[_module_name(m)]
             predictor = self.parallel_box_predictor[m - 1][self.plan.predictor_index(idx)]
             extra = predictor.losses(d2_pair(branch.predictions), branch.proposals)
-            losses.update({f"{k}_module{m}": v * weight for k, v in extra.items()})
+            extra = self.weighted_stage_losses(record.stage, extra)
+            losses.update({f"{k}_module{m}": v for k, v in extra.items()})
         return losses
 
     def predict(self, stage, box_features, memory):
@@ -198,20 +195,3 @@ class ParallelModulesROIHeads(BoxCascadeROIHeads):
         for m in range(1, self.num_modules):
             branches[_module_name(m)] = self._module_predict(stage, m, box_features)
         return merge_branch_predictions(branches, box_branch="main", how=self.merge), memory
-
-    def head_gradient_multipliers(self) -> Dict[str, float]:
-        """The head rule also covers every parallel module of a stage, with the stage's weight."""
-        out = super().head_gradient_multipliers()
-        if not out:
-            return out
-        for name in out:
-            if name.startswith(("parallel_box_head.", "parallel_box_predictor.")):
-                index = int(name.split(".")[2])  # parallel_box_head.m.<index>.
-                indices = (
-                    self.plan.head_indices
-                    if name.startswith("parallel_box_head.")
-                    else self.plan.predictor_indices
-                )
-                stage = indices.index(index)
-                out[name] = 1.0 / self.plan.loss_weights[stage]
-        return out

@@ -40,8 +40,8 @@ from cascade_zoo.engine.gradients import GradientScale, group_by_value
 
 from .build import BoxCascadeBuild, check_lengths, check_memory_support
 from .ensembles import build_test_ensemble
-from .head_rule import head_gradient_multipliers
-from .masks import check_mask_strategy, mask_train_losses
+from .head_rule import StageModule, head_gradient_multipliers, stage_module_owners
+from .masks import PerStageMaskHeads, check_mask_strategy, mask_train_losses
 from .samplers import append_ground_truth, drop_ground_truth
 from .stages import Predictions, StagePlan, StageRecord, as_predictions, d2_pair
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook
@@ -59,8 +59,13 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
     #: their later stages must then run on the previous stage's boxes, in order (checked when
     #: built).
     reads_memory = False
-    #: Parameter-name prefixes of the R-CNN module (see ``rcnn_parameter_names``).
-    rcnn_module_prefixes = ("box_head.", "box_predictor.")
+    #: The per-stage modules, declared once: attribute -> StageModule (which stages each entry
+    #: serves; whether it is part of the R-CNN module). The head rule's factors and their
+    #: installation, and the parameters of gradient schedules (``rcnn_parameter_names``), all
+    #: come from it. A subclass extends it, e.g.
+    #: ``{**BoxCascadeROIHeads.STAGE_MODULES, "loc_head": StageModule("stage")}``, and passes
+    #: the modules to ``__init__`` as ``stage_modules={"loc_head": ...}``.
+    STAGE_MODULES = {"box_head": StageModule("head"), "box_predictor": StageModule("predictor")}
 
     @configurable
     def __init__(
@@ -85,6 +90,7 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         stage_head_indices: Optional[List[int]] = None,
         stage_predictor_indices: Optional[List[int]] = None,
         num_test_stages: Optional[int] = None,
+        stage_modules: Optional[Dict[str, Optional[nn.Module]]] = None,
         **kwargs,
     ):
         """
@@ -109,6 +115,8 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             stage_predictor_indices: the same for the predictors (default: stage_head_indices).
             num_test_stages: stages run at test time (default: T); stages beyond T run the
                 last training stage's modules (StagePlan).
+            stage_modules: a subclass's per-stage modules by attribute name (each declared in
+                its STAGE_MODULES; None: absent), set before the head rule is installed.
         """
         num_stages = len(proposal_matchers)
         # StandardROIHeads.__init__ directly: CascadeROIHeads.__init__ only adds the requirement
@@ -157,6 +165,16 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         self.iou_stats = TrainingIoUStats(num_stages, iou_histogram_bins, proposal_matchers)
         self.iou_stats_period = iou_stats_period
         check_memory_support(self)
+        own = {"box_head", "box_predictor"}
+        undeclared = sorted(set(stage_modules or {}) - (set(self.STAGE_MODULES) - own))
+        if undeclared:
+            raise ValueError(
+                f"{type(self).__name__}: stage modules {undeclared} are not declared in its "
+                "STAGE_MODULES (or are the core's own)"
+            )
+        for name in self.STAGE_MODULES:  # in declaration order: parameter order is fixed
+            if name not in own:
+                setattr(self, name, (stage_modules or {}).get(name))
         self.head_rule = head_lr_rescale
         self._gradient_scales = []
         self.install_head_rule()
@@ -227,13 +245,15 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
 
     # ------------------------------------------------------------------ one stage
 
-    def _predictor(self, stage: int) -> nn.Module:
+    def stage_predictor(self, stage: int) -> nn.Module:
+        """The box predictor that stage ``stage`` (0-based, test stages included) runs."""
         return self.box_predictor[self.plan.predictor_index(stage)]
 
-    def _head(self, stage: int) -> nn.Module:
+    def stage_head(self, stage: int) -> nn.Module:
+        """The box head that stage ``stage`` (0-based, test stages included) runs."""
         return self.box_head[self.plan.head_index(stage)]
 
-    def _pool(self, features: List[torch.Tensor], proposals: List[Instances]) -> torch.Tensor:
+    def pool(self, features: List[torch.Tensor], proposals: List[Instances]) -> torch.Tensor:
         """ROI features (R, C, P, P) at the proposals' boxes."""
         return self.box_pooler(features, [p.proposal_boxes for p in proposals])
 
@@ -243,9 +263,31 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         branches of the stage (``run_branches``), which never reach the next stage."""
         return {"main": self.stage_samplers[stage](self, stage, proposals, targets)}
 
+    def label_and_sample(
+        self, stage: int, proposals, targets, batch_size_per_image=None, positive_fraction=None
+    ) -> List[Instances]:
+        """Detectron2's ``label_and_sample_proposals`` at stage ``stage``: matched with the
+        stage's IoU threshold, sampled with ``batch_size_per_image`` / ``positive_fraction``
+        (None: ROI_HEADS'), without appending ground truth (samplers do that with
+        ``samplers.append_ground_truth``, which marks the boxes it adds)."""
+        names = ("proposal_matcher", "proposal_append_gt", "batch_size_per_image",
+                 "positive_fraction")  # fmt: skip
+        saved = [getattr(self, n) for n in names]
+        self.proposal_matcher = self.proposal_matchers[stage]
+        self.proposal_append_gt = False
+        if batch_size_per_image is not None:
+            self.batch_size_per_image = batch_size_per_image
+        if positive_fraction is not None:
+            self.positive_fraction = positive_fraction
+        try:
+            return self.label_and_sample_proposals(proposals, targets)
+        finally:
+            for name, value in zip(names, saved):
+                setattr(self, name, value)
+
     def run_stage(self, stage: int, features, proposals, memory) -> StageRecord:
         """Pool at ``proposals``, run the stage's head and predictor."""
-        box_features = self._pool(features, proposals)
+        box_features = self.pool(features, proposals)
         predictions, memory_out = self.predict(stage, box_features, memory)
         return StageRecord(stage, proposals, box_features, predictions, memory_out)
 
@@ -259,40 +301,54 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             )
         return {}
 
+    def pooled_for_modules(self, box_features: torch.Tensor) -> torch.Tensor:
+        """The pooled features as a stage's modules read them: in training with
+        ``scale_pooled_gradient`` (Detectron2's scheme), their gradient times 1/T. The stage's
+        head and a subclass's branch on the same features (IoU-Uniform's) read them through
+        this."""
+        if self.scale_pooled_gradient and self.training:
+            return _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
+        return box_features
+
+    def weighted_stage_losses(self, stage: int, losses: Dict[str, torch.Tensor]):
+        """``losses`` of training stage ``stage`` (any of its modules) times its weight w_t."""
+        weight = self.plan.loss_weights[stage]
+        return {k: v * weight for k, v in losses.items()} if weight != 1.0 else losses
+
     def predict(self, stage: int, box_features: torch.Tensor, memory: Dict):
         """The stage's modules on pooled features: (predictions, memory for the next stage)."""
-        if self.scale_pooled_gradient and self.training:
-            box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
+        box_features = self.pooled_for_modules(box_features)
         x, memory_out = self.stage_features(stage, box_features, memory)
-        return as_predictions(self._predictor(stage)(x)), memory_out
+        return as_predictions(self.stage_predictor(stage)(x)), memory_out
 
     def stage_features(self, stage: int, box_features: torch.Tensor, memory: Dict):
         """The stage's head on pooled features (R, C, P, P) -> ((R, D), memory out). ``memory``
         is what the previous stage's head wrote for the same boxes (rows aligned with
         ``box_features``); what this returns as memory goes to the next stage (training drops
         the rows of boxes that become empty). Subclasses that read it set ``reads_memory``."""
-        return self._head(stage)(box_features), {}
+        return self.stage_head(stage)(box_features), {}
 
     def stage_losses(self, record: StageRecord) -> Dict[str, torch.Tensor]:
         """The stage's predictor losses on its samples, times w_t. Subclasses with branches add
         the branches' losses."""
-        losses = self._predictor(record.stage).losses(d2_pair(record.predictions), record.proposals)
-        weight = self.plan.loss_weights[record.stage]
-        return {k: v * weight for k, v in losses.items()} if weight != 1.0 else losses
+        losses = self.stage_predictor(record.stage).losses(
+            d2_pair(record.predictions), record.proposals
+        )
+        return self.weighted_stage_losses(record.stage, losses)
 
     def stage_probs(
         self, record: StageRecord, predictions: Predictions = None, stage: int = None
     ) -> List[torch.Tensor]:
         """Per image (Ri, K+1) class probabilities at ``record``'s boxes: of ``predictions``
         (default: the record's) by the predictor of ``stage`` (default: the record's)."""
-        predictor = self._predictor(record.stage if stage is None else stage)
+        predictor = self.stage_predictor(record.stage if stage is None else stage)
         return predictor.predict_probs(d2_pair(predictions or record.predictions), record.proposals)
 
     def refine_boxes(self, record: StageRecord) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """The stage's regressed boxes, one per input box (R_i, 4) per image, and each box's
         foreground probability. With class-specific regression the box of the ground-truth class
         is taken for positives in training, else that of the most probable foreground class."""
-        predictor = self._predictor(record.stage)
+        predictor = self.stage_predictor(record.stage)
         pair, proposals = d2_pair(record.predictions), record.proposals
         boxes = predictor.predict_boxes(pair, proposals)
         probs = predictor.predict_probs(pair, proposals)
@@ -338,25 +394,33 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
     def detect(self, features, record: StageRecord, probs=None) -> List[Instances]:
         """Detections from a stage's regression of its boxes and class probabilities ``probs``
         (default: the stage's own), rescored (``rescore``), then per-class NMS."""
-        predictor = self._predictor(record.stage)
+        predictor = self.stage_predictor(record.stage)
         boxes = predictor.predict_boxes(d2_pair(record.predictions), record.proposals)
         probs = self.stage_probs(record) if probs is None else probs
-        probs = self.rescore(features, record, boxes, probs)
+        score_thresh = predictor.test_score_thresh
+        scores = self.rescore(features, record, boxes, probs, score_thresh)
         instances, _ = fast_rcnn_inference(
             boxes,
-            probs,
+            scores,
             [p.image_size for p in record.proposals],
-            predictor.test_score_thresh,
+            self.nms_score_thresh(score_thresh),
             predictor.test_nms_thresh,
             predictor.test_topk_per_image,
         )
         return instances
 
-    def rescore(self, features, record: StageRecord, boxes, probs) -> List[torch.Tensor]:
-        """Scores that NMS ranks, per image (Ri, K+1), from the class probabilities ``probs`` and
-        the output stage's ``record`` (its extra predictor outputs) and regressed ``boxes``
-        (per image, (Ri, 4) or (Ri, 4K)); ``features`` allow re-pooling. Identity here."""
+    def rescore(self, features, record: StageRecord, boxes, probs, score_thresh: float):
+        """Scores that NMS ranks, per image (Ri, K+1), from the class probabilities ``probs``, the
+        output stage's ``record`` (its extra predictor outputs) and regressed ``boxes`` (per
+        image, (Ri, 4) or (Ri, 4K)); ``features`` allow re-pooling; ``score_thresh`` is the
+        test score threshold (ROI_HEADS.SCORE_THRESH_TEST). Identity here."""
         return probs
+
+    def nms_score_thresh(self, score_thresh: float) -> float:
+        """The score threshold NMS applies to what ``rescore`` returns: the test threshold here.
+        A subclass whose ``rescore`` applies the threshold itself returns one that keeps every
+        score it let through."""
+        return score_thresh
 
     # ------------------------------------------------------------------ masks
 
@@ -389,26 +453,38 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         """The IoU statistics writer (cascade_zoo.engine.contract)."""
         return [TrainingIoUStatsHook(self.iou_stats, self.iou_stats_period)]
 
+    def stage_modules(self) -> Dict[str, StageModule]:
+        """The declared per-stage modules (STAGE_MODULES) and, with one mask head per stage
+        (strategy "every"), ``mask_head`` (not part of the R-CNN module)."""
+        out = dict(self.STAGE_MODULES)
+        if isinstance(getattr(self, "mask_head", None), PerStageMaskHeads):
+            out["mask_head"] = StageModule("stage", rcnn=False)
+        return out
+
     def head_gradient_multipliers(self) -> Dict[str, float]:
-        """The paper's head rule as a gradient factor per parameter name (head_rule.py); {} when
-        it is off. Installed on the parameters when the heads are built."""
+        """The paper's head rule as a gradient factor per parameter name (head_rule.py) over
+        every declared per-stage module; {} when it is off. Installed on the parameters when
+        the heads are built."""
         if not self.head_rule:
             return {}
-        names = [n for n, _ in self.named_parameters()]
-        every = self.mask_on and self.mask_strategy == "every"
-        return head_gradient_multipliers(self.plan, names, every)
+        declarations = self.stage_modules()
+        modules = {name: getattr(self, name, None) for name in declarations}
+        owners = stage_module_owners(modules, declarations, self.plan)
+        return head_gradient_multipliers(self.plan, [n for n, _ in self.named_parameters()], owners)
 
-    def install_head_rule(self, prefixes: Tuple[str, ...] = ()) -> None:
+    def install_head_rule(self) -> None:
         """Install the head rule's gradient factors (``head_gradient_multipliers``) on the
-        parameters, all of them or those under ``prefixes`` (a subclass calls it for the modules
-        it adds after the core's __init__)."""
+        parameters (once, when the heads are built)."""
         params = dict(self.named_parameters())
-        rule = {n: f for n, f in self.head_gradient_multipliers().items()
-                if not prefixes or n.startswith(prefixes)}  # fmt: skip
         self._gradient_scales += [
             GradientScale([params[n] for n in names], factor)
-            for factor, names in group_by_value(rule)
+            for factor, names in group_by_value(self.head_gradient_multipliers())
         ]
+
+    @property
+    def rcnn_module_prefixes(self) -> Tuple[str, ...]:
+        """Parameter-name prefixes of the R-CNN module: the declared modules with ``rcnn``."""
+        return tuple(f"{name}." for name, d in self.STAGE_MODULES.items() if d.rcnn)
 
     def rcnn_parameter_names(self) -> List[str]:
         """The R-CNN module's parameters (cascade_zoo.engine.contract): every stage's box head

@@ -3,7 +3,8 @@
 A stage sampler is a class registered in ``STAGE_SAMPLER_REGISTRY``, built as ``cls(cfg)``
 (``cfg`` may be None in tests) and called as ``sampler(heads, stage, proposals, targets)``:
 
-- ``heads``: the :class:`BoxCascadeROIHeads` (its matchers, batch size, positive fraction);
+- ``heads``: the :class:`BoxCascadeROIHeads`, read-only: its matchers, batch size, positive
+  fraction, and ``label_and_sample`` (Detectron2's labelling and sampling at a stage's IoU);
 - ``stage``: 0-based stage index;
 - ``proposals``: per image, ``Instances`` with ``proposal_boxes`` (and ``objectness_logits``): the
   RPN proposals for the first stage, the previous stage's refined boxes otherwise;
@@ -23,7 +24,6 @@ regressed copies of ground-truth boxes and adds the exact ground truth; "keep" (
 the regressed copies and adds nothing.
 """
 
-import contextlib
 from typing import List
 
 import torch
@@ -47,27 +47,6 @@ class StageSampler:
 
     def __call__(self, heads, stage: int, proposals: List[Instances], targets: List[Instances]):
         raise NotImplementedError
-
-
-@contextlib.contextmanager
-def _detectron2_sampling(heads, stage: int, batch_size_per_image=None, positive_fraction=None):
-    """Let Detectron2's label_and_sample_proposals (which uses ``heads.proposal_matcher``,
-    ``batch_size_per_image`` and ``positive_fraction``) match with the given stage's IoU
-    threshold and sample with the given settings (None: the heads' own), without appending
-    ground truth (done by :func:`append_ground_truth`, which marks the boxes it adds)."""
-    names = ("proposal_matcher", "proposal_append_gt", "batch_size_per_image", "positive_fraction")
-    saved = [getattr(heads, n) for n in names]
-    heads.proposal_matcher = heads.proposal_matchers[stage]
-    heads.proposal_append_gt = False
-    if batch_size_per_image is not None:
-        heads.batch_size_per_image = batch_size_per_image
-    if positive_fraction is not None:
-        heads.positive_fraction = positive_fraction
-    try:
-        yield
-    finally:
-        for name, value in zip(names, saved):
-            setattr(heads, name, value)
 
 
 def append_ground_truth(proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
@@ -118,8 +97,7 @@ class SampleProposals(StageSampler):
             proposals = append_ground_truth(proposals, targets)
         else:
             proposals = [_flagged(p) for p in proposals]
-        with _detectron2_sampling(heads, stage, **self.settings):
-            return heads.label_and_sample_proposals(proposals, targets)
+        return heads.label_and_sample(stage, proposals, targets, **self.settings)
 
 
 @STAGE_SAMPLER_REGISTRY.register()
@@ -147,8 +125,7 @@ class ResampleRefinedBoxes(SampleProposals):
 
     def __call__(self, heads, stage, proposals, targets):
         proposals = [_flagged(p) for p in _with_objectness(proposals)]
-        with _detectron2_sampling(heads, stage, **self.settings):
-            return heads.label_and_sample_proposals(proposals, targets)
+        return heads.label_and_sample(stage, proposals, targets, **self.settings)
 
 
 # Names used in configs.

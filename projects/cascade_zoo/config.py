@@ -1,8 +1,11 @@
 """Configs: ``add_cascade_zoo_config`` for the shared infrastructure, and ``get_zoo_cfg`` /
 ``setup_cfg``, which every entry point uses so that any config file of the project loads."""
 
+import argparse
 import importlib
 import logging
+import os
+from typing import List, Sequence, Union
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -59,15 +62,27 @@ def get_zoo_cfg() -> CN:
     return cfg
 
 
-def setup_cfg(config_file: str = "", opts=(), *, freeze: bool = True) -> CN:
-    """Config from a YAML file and ``KEY VALUE`` overrides, as train_net.py builds it.
+def config_files(config_file: Union[str, os.PathLike, Sequence, None]) -> List[str]:
+    """``config_file`` as a list of paths: a path, or a sequence of them (empty entries left
+    out)."""
+    if config_file is None:
+        return []
+    if isinstance(config_file, (str, os.PathLike)):
+        config_file = [config_file]
+    return [os.fspath(f) for f in config_file if f]
 
+
+def setup_cfg(config_file: Union[str, Sequence[str]] = "", opts=(), *, freeze: bool = True) -> CN:
+    """Config from YAML files and ``KEY VALUE`` overrides, as train_net.py builds it.
+
+    ``config_file`` is one file or several, merged in order: a config and then files that
+    change it (an ablation's delta, a benchmark protocol), each of which may have a ``_BASE_``.
     Unknown keys and wrong types raise yacs's errors, naming the key. MODEL.DEVICE "cuda" falls
     back to "cpu" when CUDA is missing, so one config serves both.
     """
     cfg = get_zoo_cfg()
-    if config_file:
-        cfg.merge_from_file(config_file)
+    for path in config_files(config_file):
+        cfg.merge_from_file(path)
     cfg.merge_from_list(list(opts or []))
     device = default_device(cfg.MODEL.DEVICE)
     if device != cfg.MODEL.DEVICE:
@@ -85,3 +100,35 @@ def setup_project_loggers(output_dir: str = None, rank: int = 0) -> None:
 
     for name in PROJECT_PACKAGES:
         setup_logger(output_dir, distributed_rank=rank, name=name, abbrev_name=name)
+
+
+def argument_parser(epilog: str = None) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` (``--num-gpus``, ``--resume``, ``--eval-only``,
+    ``opts`` ...) with a repeatable ``--config-file``: the files are merged in order (see
+    :func:`setup_cfg`), e.g. ``--config-file configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x.yaml
+    --config-file configs/CascadeRCNN/ablations/2_stages.yaml``. ``args.config_file`` is a list
+    (None when not given)."""
+    from detectron2.engine import default_argument_parser
+
+    parser = argparse.ArgumentParser(
+        parents=[default_argument_parser(epilog)],
+        conflict_handler="resolve",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_file_argument(parser)
+    return parser
+
+
+def add_config_file_argument(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """Add the repeatable ``--config-file FILE`` of :func:`argument_parser` to a tool's parser
+    (one that has no ``--config-file`` yet, or was made with ``conflict_handler="resolve"``)."""
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        default=None,
+        required=required,
+        metavar="FILE",
+        help="path to a config file; give it several times to merge files in order (a config, "
+        "then an ablation's delta or a benchmark protocol)",
+    )

@@ -3,6 +3,7 @@
 localization feature sharing (Eq. 2), ROI heads on the box-cascade core. Importing it registers
 ``FSCascadeROIHeads``."""
 
+from . import results  # noqa: F401  (registers its part of the benchmark's reports)
 from .config import add_fs_cascade_config
 from .roi_heads import BOX_DELTA_INPUTS, LOC_HEADS, DecoupledOutputLayers, FSCascadeROIHeads
 from .sharing import (

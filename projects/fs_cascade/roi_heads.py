@@ -15,7 +15,7 @@ Shapes: R boxes, C channels and P resolution of the pooled features, D the fc la
 K foreground classes.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from detectron2.config import configurable
@@ -26,6 +26,7 @@ from torch import nn
 
 from box_cascade import BoxCascadeROIHeads
 from box_cascade.build import check_memory_support
+from box_cascade.head_rule import StageModule
 
 from .sharing import (
     LFS_MODES,
@@ -64,7 +65,8 @@ class DecoupledOutputLayers(FastRCNNOutputLayers):
 class FSCascadeROIHeads(BoxCascadeROIHeads):
     """Cascade R-CNN with classification and localization feature sharing (see module doc)."""
 
-    rcnn_module_prefixes = (*BoxCascadeROIHeads.rcnn_module_prefixes, "loc_head.")
+    #: ``loc_head.t``: stage t's conv localization head (None with the fc localization head).
+    STAGE_MODULES = {**BoxCascadeROIHeads.STAGE_MODULES, "loc_head": StageModule("stage")}
 
     @configurable
     def __init__(
@@ -72,21 +74,19 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
         *,
         cfs: bool = True,
         lfs: str = "serial",
-        loc_heads: Optional[List[nn.Module]] = None,
         box_delta_input: str = "flatten",
         **kwargs,
     ):
         """
         Args (beyond BoxCascadeROIHeads'):
             cfs: classification feature sharing (Eq. 1).
-            lfs: one of LFS_MODES (Eq. 2, its parallel form, none); needs ``loc_heads``
-                unless "none".
-            loc_heads: the conv localization heads of the stages (``sharing.
-                build_localization_convs``), or None: the fc layers localize (the predictors'
-                regressors then read the fc features).
+            lfs: one of LFS_MODES (Eq. 2, its ablations, none); needs the conv localization
+                heads (``stage_modules={"loc_head": sharing.build_localization_convs(...)}``;
+                without them the fc layers localize) unless "none".
             box_delta_input: one of BOX_DELTA_INPUTS, how the regressor reads B_i.
         """
         super().__init__(**kwargs)
+        loc_heads = self.loc_head
         if lfs not in LFS_MODES:
             raise ValueError(f"MODEL.FS_CASCADE.LFS must be one of {LFS_MODES}, got {lfs!r}")
         if box_delta_input not in BOX_DELTA_INPUTS:
@@ -116,11 +116,9 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
         self.cfs = cfs
         self.lfs = lfs
         self.box_delta_input = box_delta_input
-        self.loc_head = nn.ModuleList(loc_heads) if loc_heads is not None else None
         # the core checked the class's (memory-free) default; "serial_memory" reads the memory
         self.reads_memory = loc_heads is not None and lfs == "serial_memory"
         check_memory_support(self)
-        self.install_head_rule(("loc_head.",))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -156,7 +154,7 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
             )
             for head, predictor in zip(ret["box_heads"], ret["box_predictors"])
         ]
-        ret["loc_heads"] = loc_heads
+        ret["stage_modules"] = {"loc_head": loc_heads}
         return ret
 
     def stage_features(self, stage: int, box_features: torch.Tensor, memory: Dict):
@@ -169,7 +167,7 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
                 self.box_head[: stage + 1], box_features
             )
         else:
-            cls_features = own = self._head(stage)(box_features)
+            cls_features = own = self.stage_head(stage)(box_features)
         if self.loc_head is None:
             return {"cls": cls_features, "box": own}, {}
         if self.reads_memory and stage > 0 and BOX_FEATURE not in memory:
@@ -183,13 +181,3 @@ class FSCascadeROIHeads(BoxCascadeROIHeads):
         box = b.flatten(1) if self.box_delta_input == "flatten" else b.mean(dim=(2, 3))
         memory_out = {BOX_FEATURE: b} if self.reads_memory else {}
         return {"cls": cls_features, "box": box}, memory_out
-
-    def head_gradient_multipliers(self) -> Dict[str, float]:
-        """The core's head rule (1/w_t on stage t's head) also covers stage t's conv head."""
-        out = super().head_gradient_multipliers()
-        if not out:
-            return out
-        for name in out:
-            if name.startswith("loc_head."):
-                out[name] = 1.0 / self.plan.loss_weights[int(name.split(".")[1])]
-        return out

@@ -4,6 +4,7 @@ regression + IoU branch, IoU-guided NMS scores with re-pooling at the regressed 
 the box-cascade core (Faster and Cascade R-CNN). Importing it registers ``IoUUniformROIHeads``
 and the ``UniformIoUSampler`` stage sampler."""
 
+from . import results  # noqa: F401  (registers its part of the benchmark's reports)
 from .config import add_iou_uniform_config
 from .roi_heads import (
     IoUBranchPredictor,

@@ -28,7 +28,7 @@ from box_cascade.stages import d2_pair
 from cascade_zoo.analysis import AnalysisInputError, binned_means
 from cascade_zoo.utils.markdown import markdown_table
 
-from .roi_heads import _KEEP_RESCORED, IoUUniformROIHeads
+from .roi_heads import IoUUniformROIHeads
 
 __all__ = [
     "FIG3_EDGES",
@@ -80,7 +80,7 @@ def _final_regression(heads, features, proposals):
     """The detector's regression of each proposal: per proposal (R, 4) or (R, 4K) boxes."""
     if isinstance(heads, BoxCascadeROIHeads):
         last = heads.run_test_stages(features, [proposals])[-1]
-        predictor = heads._predictor(last.stage)
+        predictor = heads.stage_predictor(last.stage)
         return predictor.predict_boxes(d2_pair(last.predictions), last.proposals)[0]
     if hasattr(heads, "box_predictor") and not isinstance(heads.box_predictor, torch.nn.ModuleList):
         pooled = heads.box_pooler(features, [proposals.proposal_boxes])
@@ -221,15 +221,16 @@ def iou_predictions(
     for _, features, props, gt, classes in _passes(model, cfg, dataset, num_images):
         records = heads.run_test_stages(features, [props])
         last = records[-1]
-        predictor = heads._predictor(last.stage)
+        predictor = heads.stage_predictor(last.stage)
         probs = build_test_ensemble(heads.test_ensemble)(heads, records)
         boxes = predictor.predict_boxes(d2_pair(last.predictions), last.proposals)
         first = heads.first_pass_ious(last)[0][:, 0]
         efo = heads.efo_ious(features, last, boxes)[0][:, 0]
-        scores = heads.rescore(features, last, boxes, probs)
+        thresh = predictor.test_score_thresh
+        scores = heads.rescore(features, last, boxes, probs, thresh)
         dets, kept = fast_rcnn_inference(
-            boxes, scores, [props.image_size], _KEEP_RESCORED, predictor.test_nms_thresh,
-            predictor.test_topk_per_image,
+            boxes, scores, [props.image_size], heads.nms_score_thresh(thresh),
+            predictor.test_nms_thresh, predictor.test_topk_per_image,
         )  # fmt: skip
         dets, kept = dets[0], kept[0]
         if len(gt) == 0 or len(dets) == 0:

@@ -14,15 +14,13 @@ Shapes: N images, R boxes (Ri in image i), K foreground classes, S generated sam
 branch's fc width, P the pooler resolution.
 """
 
-import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import build_box_head
-from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
@@ -30,6 +28,7 @@ from fvcore.nn import smooth_l1_loss
 from torch import nn
 
 from box_cascade import BoxCascadeROIHeads, StageRecord, build_stage_sampler
+from box_cascade.head_rule import StageModule
 from box_cascade.stages import d2_pair
 
 from .sampler import per_stage_values, resample_evenly, sample_count
@@ -46,7 +45,7 @@ SAMPLE_SOURCES = ("generated", "rpn")
 BRANCH_PREFIXES = ("iou_head.", "iou_predictor.")
 # The NMS threshold while the IoU-guided scores carry the score threshold themselves: below every
 # kept score (>= 0), above the -1 of those that fail it.
-_KEEP_RESCORED = -0.5
+KEEP_RESCORED = -0.5
 
 
 class NoBoxRegression(nn.Module):
@@ -115,32 +114,24 @@ def iou_guided_scores(
     return torch.where(passed, product, torch.full_like(product, -1.0))
 
 
-@contextlib.contextmanager
-def _nms_keeps_rescored(predictor):
-    """While NMS runs on IoU-guided scores (which hold the threshold already), the predictor's
-    threshold is below every kept score; yields the real one."""
-    thresh = predictor.test_score_thresh
-    predictor.test_score_thresh = _KEEP_RESCORED
-    try:
-        yield thresh
-    finally:
-        predictor.test_score_thresh = thresh
-
-
 @ROI_HEADS_REGISTRY.register()
 class IoUUniformROIHeads(BoxCascadeROIHeads):
     """IoU-Uniform R-CNN on Faster R-CNN (one stage) or Cascade R-CNN (see module doc and
     config.py). The branch of stage t is ``iou_head.t`` (fc layers, as ``box_head.t``) and
     ``iou_predictor.t``; ``box_predictor.t`` only classifies."""
 
-    rcnn_module_prefixes = (*BoxCascadeROIHeads.rcnn_module_prefixes, *BRANCH_PREFIXES)
+    #: ``iou_head.k`` / ``iou_predictor.k``: the branch, indexed like the core's box heads and
+    #: predictors (None without the branch).
+    STAGE_MODULES = {
+        **BoxCascadeROIHeads.STAGE_MODULES,
+        "iou_head": StageModule("head"),
+        "iou_predictor": StageModule("predictor"),
+    }
 
     @configurable
     def __init__(
         self,
         *,
-        iou_heads: Optional[List[nn.Module]] = None,
-        iou_predictors: Optional[List[nn.Module]] = None,
         generator=None,
         reg_weights: Sequence[Sequence[float]] = (),
         reg_samples: str = "generated",
@@ -155,8 +146,10 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
     ):
         """
         Args (beyond BoxCascadeROIHeads'):
-            iou_heads, iou_predictors: the branch's fc layers and IoUBranchPredictor, one per
-                box head / predictor of the core; None: no branch (the core as it is).
+            stage_modules: ``iou_head`` and ``iou_predictor``, the branch's fc layers and
+                IoUBranchPredictors (``nn.ModuleList``, one per box head / predictor of the
+                core; the core's predictors then only classify: ``from_config`` gives them a
+                NoBoxRegression); absent: no branch (the core as it is).
             generator: the stage sampler of the generated boxes (a UniformIoUSampler).
             reg_weights: per training stage, the regression loss weight of each IoU interval.
             reg_samples, iou_samples: what the regression / the IoU output train on, one of
@@ -173,13 +166,11 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
                 raise ValueError(
                     f"MODEL.IOU_UNIFORM.{name} must be one of {SAMPLE_SOURCES}, got {value!r}"
                 )
-        self_has_branch = iou_heads is not None
-        if self_has_branch:  # the stages' own predictors only classify
-            for predictor in kwargs["box_predictors"]:
-                predictor.bbox_pred = NoBoxRegression()
         super().__init__(**kwargs)
-        self.branch_on = self_has_branch
-        self.iou_prediction = self.branch_on and all(p.iou_pred is not None for p in iou_predictors)
+        self.branch_on = self.iou_head is not None
+        self.iou_prediction = self.branch_on and all(
+            p.iou_pred is not None for p in self.iou_predictor
+        )
         if efo and not self.iou_prediction:
             raise ValueError(
                 "MODEL.IOU_UNIFORM.EFO re-runs the IoU branch at the regressed boxes: it needs "
@@ -195,20 +186,17 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         self.iou_smooth_l1_beta = iou_smooth_l1_beta
         self.reg_weights = [tuple(float(w) for w in ws) for ws in reg_weights]
         self.generator = generator
-        self._rescore_thresh = None
         if not self.branch_on:
             return
-        if len(iou_heads) != len(self.box_head) or len(iou_predictors) != len(self.box_predictor):
+        if len(self.iou_head) != len(self.box_head) or len(self.iou_predictor) != len(
+            self.box_predictor
+        ):
             raise ValueError("one IoU-branch head and predictor per box head and predictor")
         if len(self.reg_weights) != self.num_cascade_stages:
             raise ValueError(
                 f"MODEL.IOU_UNIFORM.REG_WEIGHTS has {len(self.reg_weights)} entries but there "
                 f"are {self.num_cascade_stages} stages (MODEL.ROI_BOX_CASCADE_HEAD.IOUS)"
             )
-        self.iou_head = nn.ModuleList(iou_heads)
-        self.iou_predictor = nn.ModuleList(iou_predictors)
-        # the core's head rule (1/w_t) for the branch of each stage too
-        self.install_head_rule(tuple(BRANCH_PREFIXES))
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -244,14 +232,17 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
         pooled = ShapeSpec(channels=channels, height=resolution, width=resolution)
         heads = [build_box_head(cfg, pooled) for _ in ret["box_heads"]]
+        predictors = [
+            IoUBranchPredictor(h.output_shape, iou_output=iu.IOU_PREDICTION, sigmoid=iu.IOU_SIGMOID)
+            for h in heads[: len(ret["box_predictors"])]
+        ]
+        for predictor in ret["box_predictors"]:  # the stages' own predictors only classify
+            predictor.bbox_pred = NoBoxRegression()
         ret.update(
-            iou_heads=heads,
-            iou_predictors=[
-                IoUBranchPredictor(
-                    h.output_shape, iou_output=iu.IOU_PREDICTION, sigmoid=iu.IOU_SIGMOID
-                )
-                for h in heads[: len(ret["box_predictors"])]
-            ],
+            stage_modules={
+                "iou_head": nn.ModuleList(heads),
+                "iou_predictor": nn.ModuleList(predictors),
+            },
             generator=generator,
             reg_weights=weights,
         )
@@ -272,8 +263,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
     def branch_predict(self, stage: int, box_features: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The stage's regression + IoU branch on pooled features (R, C, P, P): "proposal_deltas"
         (R, 4) and "iou" (R, 1)."""
-        if self.scale_pooled_gradient and self.training:  # as the core's predict does
-            box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
+        box_features = self.pooled_for_modules(box_features)
         head = self.iou_head[self.plan.head_index(stage)]
         return self.iou_predictor[self.plan.predictor_index(stage)](head(box_features))
 
@@ -309,7 +299,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         generated = samples.pop("generated", None)
         branches = super().run_branches(record, features, samples)
         if generated is not None:
-            box_features = self._pool(features, generated)
+            box_features = self.pool(features, generated)
             predictions = self.branch_predict(record.stage, box_features)
             branches["generated"] = StageRecord(record.stage, generated, box_features, predictions)
         return branches
@@ -319,7 +309,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         boxes, or Fast R-CNN's on the proposals' positives); loss_iou; all times w_t."""
         if not self.branch_on:
             return super().stage_losses(record)
-        predictor = self._predictor(record.stage)
+        predictor = self.stage_predictor(record.stage)
         # Detectron2's losses with the branch's deltas: loss_cls, and loss_box_reg on the
         # proposals' positives (used when the regression trains on them)
         main = predictor.losses(d2_pair(record.predictions), record.proposals)
@@ -343,13 +333,12 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             else:
                 loss = predicted.sum() * 0.0
             losses["loss_iou"] = loss * self.iou_loss_weight
-        weight = self.plan.loss_weights[record.stage]
-        return {k: v * weight for k, v in losses.items()} if weight != 1.0 else losses
+        return self.weighted_stage_losses(record.stage, losses)
 
     def generated_box_loss(self, record: StageRecord) -> torch.Tensor:
         """Eq. 2 on a stage's generated boxes: the deltas to their ground truth (the stage's
         regression weights), each box's smooth L1 times its interval's weight."""
-        predictor = self._predictor(record.stage)
+        predictor = self.stage_predictor(record.stage)
         deltas = record.predictions["proposal_deltas"]
         if not record.proposals:
             return deltas.sum() * 0.0
@@ -414,47 +403,23 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             out.append(full)
         return out
 
-    def rescore(self, features, record, boxes, probs):
+    def rescore(self, features, record, boxes, probs, score_thresh):
         """Class probability x predicted IoU (EFO's, or the first pass's), the score threshold
         applied (see ``iou_guided_scores``). EFO pools again only the boxes with a class
         probability above the threshold: the IoU is clamped to [0, 1], so it can only lower a
         score, and the other boxes are dropped whatever their IoU: the same detections, pooling
         again only the boxes that can be kept."""
         if not self.iou_prediction:
-            return super().rescore(features, record, boxes, probs)
-        thresh = self._rescore_thresh
-        if thresh is None:
-            thresh = self._predictor(record.stage).test_score_thresh
+            return super().rescore(features, record, boxes, probs, score_thresh)
         if self.efo:
-            live = [(p[:, :-1] > thresh).any(dim=1) for p in probs]
+            live = [(p[:, :-1] > score_thresh).any(dim=1) for p in probs]
             ious = self.efo_ious(features, record, boxes, live)
         else:
             ious = self.first_pass_ious(record)
-        return [iou_guided_scores(p, i, thresh, self.threshold_before_iou)
+        return [iou_guided_scores(p, i, score_thresh, self.threshold_before_iou)
                 for p, i in zip(probs, ious)]  # fmt: skip
 
-    def detect(self, features, record, probs=None):
-        if not self.iou_prediction:
-            return super().detect(features, record, probs)
-        with _nms_keeps_rescored(self._predictor(record.stage)) as thresh:
-            self._rescore_thresh = thresh
-            try:
-                return super().detect(features, record, probs)
-            finally:
-                self._rescore_thresh = None
-
-    # ------------------------------------------------------------------ trainer contract
-
-    def head_gradient_multipliers(self) -> Dict[str, float]:
-        """The head rule also covers each stage's branch, with the stage's 1/w_t."""
-        out = super().head_gradient_multipliers()
-        for name in out:
-            if name.startswith(BRANCH_PREFIXES):
-                index = int(name.split(".")[1])
-                indices = (
-                    self.plan.head_indices
-                    if name.startswith("iou_head.")
-                    else self.plan.predictor_indices
-                )
-                out[name] = 1.0 / self.plan.loss_weights[indices.index(index)]
-        return out
+    def nms_score_thresh(self, score_thresh):
+        """The IoU-guided scores hold the threshold already (failing entries are -1): NMS keeps
+        every score >= 0."""
+        return KEEP_RESCORED if self.iou_prediction else score_thresh

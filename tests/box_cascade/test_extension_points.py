@@ -31,6 +31,7 @@ from box_cascade import (
     StageSampler,
     merge_branch_predictions,
 )
+from box_cascade.head_rule import StageModule
 from box_cascade.samplers import SampleProposals, label_boxes
 from box_cascade.stages import d2_pair
 from cascade_zoo.engine.gradients import GradientScale, GradientScaleHook
@@ -50,7 +51,7 @@ class _MemoryHeadsForTest(BoxCascadeROIHeads):
         self.seen = []  # (stage, rows of memory received, boxes)
 
     def stage_features(self, stage, box_features, memory):
-        x = self._head(stage)(box_features)
+        x = self.stage_head(stage)(box_features)
         self.seen.append((stage, memory.get("feat"), len(box_features)))
         if "feat" in memory:
             assert len(memory["feat"]) == len(x), "memory rows must follow the boxes"
@@ -163,12 +164,24 @@ class _ParallelHeadsForTest(BoxCascadeROIHeads):
     sample at positive fraction 0.1; losses summed; at test the two modules' logits are
     averaged and the boxes come from the main module, which also refines for the next stage."""
 
+    STAGE_MODULES = {
+        **BoxCascadeROIHeads.STAGE_MODULES,
+        "prm_head": StageModule("head"),
+        "prm_predictor": StageModule("predictor"),
+    }
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["stage_modules"] = {
+            "prm_head": torch.nn.ModuleList(copy.deepcopy(ret["box_heads"])),
+            "prm_predictor": torch.nn.ModuleList(copy.deepcopy(ret["box_predictors"])),
+        }
+        return ret
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.prm_head = copy.deepcopy(self.box_head)
-        self.prm_predictor = copy.deepcopy(self.box_predictor)
         self.prm_sampler = SampleProposals(positive_fraction=0.1)
-        self.rcnn_module_prefixes = (*self.rcnn_module_prefixes, "prm_head.", "prm_predictor.")
 
     def stage_samples(self, stage, proposals, targets):
         samples = super().stage_samples(stage, proposals, targets)
@@ -179,7 +192,7 @@ class _ParallelHeadsForTest(BoxCascadeROIHeads):
         return samples
 
     def run_branches(self, record, features, samples):
-        box_features = self._pool(features, samples["prm"])
+        box_features = self.pool(features, samples["prm"])
         predictions = self._prm_predict(record.stage, box_features)
         return {"prm": StageRecord(record.stage, samples["prm"], box_features, predictions)}
 
@@ -331,7 +344,7 @@ class _IoUBranchHeadsForTest(BoxCascadeROIHeads):
 
     def stage_losses(self, record):
         w = self.plan.loss_weights[record.stage]
-        predictor = self._predictor(record.stage)
+        predictor = self.stage_predictor(record.stage)
         cls = predictor.losses(d2_pair(record.predictions), record.proposals)["loss_cls"]
         gen = record.branches["generated"]
         reg = predictor.losses(d2_pair(gen.predictions), gen.proposals)["loss_box_reg"]
@@ -341,7 +354,7 @@ class _IoUBranchHeadsForTest(BoxCascadeROIHeads):
         iou = F.smooth_l1_loss(gen.predictions["iou"][:, 0], iou_target, beta=0.5)
         return {"loss_cls": cls * w, "loss_box_reg": reg * w, "loss_iou": iou * w}
 
-    def rescore(self, features, record, boxes, probs):
+    def rescore(self, features, record, boxes, probs, score_thresh):
         ious = record.predictions["iou"].split(record.num_boxes)
         return [p * i for p, i in zip(probs, ious)]
 
@@ -447,7 +460,7 @@ def test_gradient_schedule_scales_rcnn_gradients_only():
 def test_gradient_scale_comes_before_clipping_and_the_sgd_step():
     """Plain SGD: the R-CNN weights move by lr * lambda * g, the others by lr * g; with gradient
     clipping, the scaled gradient is what gets clipped."""
-    from cascade_zoo.engine.optim import build_optimizer_with_lr_multipliers
+    from cascade_zoo.engine.optim import build_optimizer
 
     plain = ["SOLVER.MOMENTUM", 0.0, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.BASE_LR", 0.01,
              "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False]  # fmt: skip
@@ -463,7 +476,7 @@ def test_gradient_scale_comes_before_clipping_and_the_sgd_step():
             [dict(model.named_parameters())["roi_heads." + n]
              for n in model.roi_heads.rcnn_parameter_names()], value=3.0
         )  # fmt: skip
-        optimizer = build_optimizer_with_lr_multipliers(cfg, model)
+        optimizer = build_optimizer(cfg, model)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         losses, _ = losses_of(model, batch)
         optimizer.zero_grad()

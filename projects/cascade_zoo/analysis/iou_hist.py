@@ -8,9 +8,9 @@ import os
 from typing import Dict
 
 import torch
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ..modeling import build_model
 from ._plot import pyplot, save_figure
 from .ap_iou import AnalysisInputError
 

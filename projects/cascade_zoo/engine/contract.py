@@ -6,18 +6,13 @@ without a trainer of its own. Names returned are relative to the module that ret
 Modules read ``cfg`` only when they are built (``from_config``); these methods take no config.
 """
 
-from typing import Dict, List, Protocol, runtime_checkable
+from typing import List, Protocol, runtime_checkable
 
 from detectron2.engine import HookBase
 
 
 @runtime_checkable
 class TrainerContract(Protocol):
-    def lr_multipliers(self) -> Dict[str, float]:
-        """Learning-rate multiplier per parameter name. ZooTrainer's optimizer puts each
-        parameter in a group whose LR is the base LR (with Detectron2's bias factor) times it.
-        Weight decay is not changed, so a multiplier m also multiplies the decay step by m."""
-
     def rcnn_parameter_names(self) -> List[str]:
         """The R-CNN module's parameters: every stage's and branch's box head and predictor (and
         the mask head where the module says so). What a schedule of the R-CNN gradients, such

@@ -1,15 +1,21 @@
-"""tools/run_benchmark.py: skipping finished runs, resuming killed ones, refusing results of another
-config, re-doing corrupt ones, the config hash, and the reports. Training is replaced by a fake
-trainer that writes what train_net.py writes (metrics.json, checkpoints), so this is cheap."""
+"""cascade_zoo.results and tools/run_results.py: skipping finished runs, resuming killed ones,
+refusing results of another config, re-doing corrupt ones, the config hash, protocol files merged
+over method configs, progress lines, publishing, and the reports (written only where told).
+Training is replaced by a fake trainer that writes what train_net.py writes (metrics.json,
+checkpoints), so this is cheap."""
 
 import importlib.util
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from cascade_zoo import results
+from cascade_zoo.results import identity, records, registry, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "Baselines/faster_rcnn_instant_test.yaml"
@@ -18,7 +24,11 @@ CASCADE = "CascadeRCNN/cascade_rcnn_instant_test.yaml"
 
 @pytest.fixture(scope="module")
 def rb():
-    spec = importlib.util.spec_from_file_location("run_benchmark", ROOT / "tools/run_benchmark.py")
+    return results
+
+
+def _tool(name="run_results"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -100,7 +110,7 @@ def test_result_names_the_commit_the_training_ran_at(rb, tmp_path, monkeypatch):
     """The code can change while a run trains (and between a killed run and its resume): the
     result names the commit at each start of the training, not the one at its end."""
     head = {"commit": "a" * 40}
-    monkeypatch.setattr(rb, "_git_commit", lambda: head["commit"])
+    monkeypatch.setattr(records, "git_commit", lambda: head["commit"])
 
     class CommitDuringTraining(FakeTrainer):
         def __call__(self, run, device):
@@ -127,11 +137,11 @@ def test_git_commit_marks_a_tree_with_uncommitted_changes(rb, monkeypatch):
             return subprocess.CompletedProcess(cmd, outputs["diff"])
         return subprocess.CompletedProcess(cmd, 0, stdout=outputs["rev-parse"])
 
-    monkeypatch.setattr(rb.subprocess, "run", fake_run)
+    monkeypatch.setattr(records.subprocess, "run", fake_run)
     outputs["diff"] = 0
-    assert rb._git_commit() == "f" * 40
+    assert records.git_commit() == "f" * 40
     outputs["diff"] = 1
-    assert rb._git_commit() == "f" * 40 + "+dirty"
+    assert records.git_commit() == "f" * 40 + "+dirty"
 
 
 def test_trained_run_without_result_file_is_collected_not_retrained(rb, tmp_path):
@@ -308,7 +318,9 @@ def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained
     zoo = tmp_path / "zoo"
     monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(zoo))
     weights = "cascade_zoo://Test/backbone.pth"
-    monkeypatch.setitem(rb.PRETRAINED, weights, (CONFIG, 0, "backbone.bottom_up."))
+    monkeypatch.setitem(
+        rb.PRETRAINED, weights, rb.Pretraining(CONFIG, None, 0, "backbone.bottom_up.")
+    )
     made = []
 
     def extract(checkpoint, output, prefix):  # new backbone weights each time it is made
@@ -316,7 +328,7 @@ def test_results_of_another_backbone_are_redone_and_a_lost_backbone_is_retrained
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": {"backbone.bottom_up.w": torch.full((2,), float(len(made)))}}, output)
 
-    monkeypatch.setattr(rb, "extract_weights", extract)
+    monkeypatch.setattr(runner, "extract_weights", extract)
     trainer = FakeTrainer()
     run = _run(rb, tmp_path, CASCADE, opts=["MODEL.WEIGHTS", weights])
     first = _execute(rb, run, trainer)
@@ -349,14 +361,15 @@ def test_report_leaves_out_results_of_another_backbone(rb, tmp_path, monkeypatch
                               ("Test/from_backbone.yaml", CASCADE, start)]:  # fmt: skip
         (repo / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / "configs" / name).write_text(f'_BASE_: "{ROOT / "configs" / base}"\n{extra}')
-    monkeypatch.setattr(rb, "REPO", repo)
-    monkeypatch.setitem(rb.PRETRAINED, weights, ("Test/pretrain.yaml", 0, "backbone.bottom_up."))
+    monkeypatch.setattr(identity, "REPO", repo)
+    pretraining = rb.Pretraining("Test/pretrain.yaml", None, 0, "backbone.bottom_up.")
+    monkeypatch.setitem(rb.PRETRAINED, weights, pretraining)
 
     def extract(checkpoint, output, prefix):
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": {"backbone.bottom_up.w": torch.ones(2)}}, output)
 
-    monkeypatch.setattr(rb, "extract_weights", extract)
+    monkeypatch.setattr(runner, "extract_weights", extract)
     results = tmp_path / "results"
     for seed in (0, 1):
         _execute(rb, rb.Run("Test/from_backbone.yaml", seed, results, tmp_path / "runs"),
@@ -437,9 +450,17 @@ def test_results_hold_ap_by_objects_per_image(rb, tmp_path):
     assert header[2:4] == ["AP [1,3]", "AP75 [1,3]"] and rows[0][2] == "100.0"
 
 
-def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch):
+@pytest.fixture
+def paper():
+    """A sixth paper package's declarations, forgotten after the test."""
+    yield registry.register_results
+    registry.unregister_results("test_paper")
+
+
+def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch, paper):
     run = _run(rb, tmp_path)
-    monkeypatch.setitem(rb.EVAL_VARIANTS, run.name, [("L_e=1", ["K", "1"]), ("L_e=2", ["K", "2"])])
+    variants = [("L_e=1", ["K", "1"]), ("L_e=2", ["K", "2"])]
+    paper("test_paper", eval_variants={run.name: variants})
     seen = []
 
     def fake_eval(run, device, opts):
@@ -447,7 +468,7 @@ def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch):
         ap = 10.0 * int(opts[1])
         return {"all": {"AP": ap, **{f"AP{50 + 5 * i}": ap for i in range(10)}}}
 
-    monkeypatch.setattr(rb, "eval_variant", fake_eval)
+    monkeypatch.setattr(runner, "eval_variant", fake_eval)
     result = _execute(rb, run, DetectingTrainer())
     assert seen == [["K", "1"], ["K", "2"]]
     assert result["variants"]["L_e=2"]["metrics"]["all"]["AP"] == 20.0
@@ -458,8 +479,8 @@ def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch):
 def test_every_eval_variant_names_a_benchmark_config_and_changes_it(rb):
     """A typo in a variant's key, or a variant equal to the trained config, would only show at
     the end of a long run (or never): each must resolve and differ from the run's own config."""
-    assert rb.EVAL_VARIANTS
-    for name, variants in rb.EVAL_VARIANTS.items():
+    assert rb.eval_variants()
+    for name, variants in rb.eval_variants().items():
         config = ROOT / "configs" / f"{name}.yaml"
         assert config.is_file(), name
         own = rb.config_diff(str(config))
@@ -550,10 +571,310 @@ def test_plot_styles_tell_twenty_models_apart(rb):
     from cascade_zoo.analysis._plot import pyplot
 
     fig, ax = pyplot().subplots()
-    rb._many_lines(ax)
+    rb.many_lines(ax)
     styles = set()
     for i in range(20):
         (line,) = ax.plot([0, 1], [i, i])
         styles.add((tuple(line.get_color()), line.get_linestyle()))
     pyplot().close(fig)
     assert len(styles) == 20
+
+
+# ---------------------------------------------------------------- protocols
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A repository whose configs/ holds a method config and a protocol file over it."""
+    repo = tmp_path / "repo"
+    files = {
+        "Test/method.yaml": f'_BASE_: "{ROOT / "configs" / CONFIG}"\nSOLVER:\n  BASE_LR: 0.1\n',
+        "Protocols/shapes_test.yaml": "SOLVER:\n  BASE_LR: 0.005\n  MAX_ITER: 6\n",
+    }
+    for name, text in files.items():
+        (repo / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "configs" / name).write_text(text)
+    monkeypatch.setattr(identity, "REPO", repo)
+    return repo
+
+
+def test_protocol_runs_merge_the_protocol_over_the_method_and_are_named_by_it(rb, tmp_path, repo):
+    protocol = "Protocols/shapes_test.yaml"
+    plain = rb.Run("Test/method.yaml", 0, tmp_path / "results", tmp_path / "runs")
+    run = rb.Run("Test/method.yaml", 0, tmp_path / "results", tmp_path / "runs",
+                 protocol=protocol)  # fmt: skip
+    assert plain.name == "Test/method" and run.name == "shapes_test/Test/method"
+    assert run.result_path == tmp_path / "results/shapes_test/Test/method/seed0.json"
+    assert run.output_dir == tmp_path / "runs/shapes_test/Test/method/seed0"
+    # merged in order: the protocol's keys win, the method's others stay
+    assert plain.diff["SOLVER.BASE_LR"] == 0.1 and run.diff["SOLVER.BASE_LR"] == 0.005
+    assert run.max_iter == 6 and run.diff["MODEL.RESNETS.DEPTH"] == 18
+    assert run.hash != plain.hash
+    args = run.train_args("cpu")
+    files = ["--config-file", "configs/Test/method.yaml", "--config-file", f"configs/{protocol}"]
+    assert args[:6] == ["train_net.py", *files, "--resume"]
+    assert plain.train_args("cpu")[:4] == ["train_net.py", "--config-file",
+                                           "configs/Test/method.yaml", "--resume"]  # fmt: skip
+    saved = _execute(rb, run, FakeTrainer())
+    _execute(rb, plain, FakeTrainer(ap_base=30.0))
+    assert saved["config_files"] == ["configs/Test/method.yaml", f"configs/{protocol}"]
+    assert saved["config"] == "configs/Test/method.yaml" and saved["max_iter"] == 6
+    assert (
+        "--config-file configs/Test/method.yaml --config-file configs/Protocols/shapes_test.yaml"
+        in saved["command"]
+    )
+    grouped = rb.load_results(tmp_path / "results")
+    assert sorted(grouped) == ["Test/method", "shapes_test/Test/method"]
+    assert grouped["shapes_test/Test/method"][0]["metrics"]["bbox"]["AP"] == 20.0
+    assert grouped["Test/method"][0]["metrics"]["bbox"]["AP"] == 30.0
+    # the protocol file changes: its results are refused in the report, like a changed config
+    (repo / "configs" / protocol).write_text("SOLVER:\n  BASE_LR: 0.002\n  MAX_ITER: 6\n")
+    assert sorted(rb.load_results(tmp_path / "results")) == ["Test/method"]
+
+
+def test_a_protocols_pretraining_is_made_from_its_method_and_protocol(
+    rb, tmp_path, repo, monkeypatch
+):
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    weights = "cascade_zoo://shapes_test/backbone.pth"
+    (repo / "configs/Test/from_backbone.yaml").write_text(
+        f'_BASE_: "{ROOT / "configs" / CASCADE}"\nMODEL:\n  WEIGHTS: "{weights}"\n'
+    )
+    how = rb.Pretraining("Test/method.yaml", "Protocols/shapes_test.yaml", 0, "backbone.bottom_up.")
+    monkeypatch.setitem(rb.PRETRAINED, weights, how)
+    made = []
+
+    def extract(checkpoint, output, prefix):
+        made.append((checkpoint, prefix))
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": {"backbone.bottom_up.w": torch.ones(2)}}, output)
+
+    monkeypatch.setattr(runner, "extract_weights", extract)
+    trainer = FakeTrainer()
+    run = rb.Run("Test/from_backbone.yaml", 0, tmp_path / "results", tmp_path / "runs",
+                 protocol="Protocols/shapes_test.yaml")  # fmt: skip
+    result = _execute(rb, run, trainer)
+    source = tmp_path / "runs/shapes_test/Test/method/seed0"
+    assert made == [(source / "model_final.pth", "backbone.bottom_up.")]
+    assert (tmp_path / "results/shapes_test/Test/method/seed0.json").is_file()
+    assert result["pretrained_sha256"] and len(trainer.calls) == 2
+
+
+# ---------------------------------------------------------------- progress, publishing
+
+
+def test_progress_line_names_iteration_eta_and_last_ap(rb, tmp_path):
+    run = _run(rb, tmp_path, opts=["SOLVER.MAX_ITER", "40"])
+    assert "starting" in rb.progress_line(run, [])
+    metrics = [
+        {"iteration": 9, "eta_seconds": 125.0, "time": 0.5},
+        {"iteration": 9, "bbox/AP": 12.34},
+        {"iteration": 19, "eta_seconds": 65.2, "time": 0.5},
+    ]
+    assert rb.progress_line(run, metrics) == (
+        "Baselines/faster_rcnn_instant_test seed 0: iteration 20/40 (50%), ETA 1 min 05 s, "
+        "last AP 12.3 (iteration 10)"
+    )
+    assert rb.progress_line(run, metrics[:1]).endswith("iteration 10/40 (25%), ETA 2 min 05 s")
+
+
+FAKE_TRAINING = """
+import json, sys, time
+out = sys.argv[1]
+print("fake training starts", flush=True)
+for it in range(3):
+    with open(out + "/metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": it, "eta_seconds": 10.0 * (3 - it)}) + "\\n")
+        if it == 1:
+            f.write(json.dumps({"iteration": it, "bbox/AP": 7.5}) + "\\n")
+    time.sleep(0.4)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def test_the_parent_prints_progress_while_the_child_trains(rb, tmp_path, caplog, monkeypatch):
+    """subprocess_trainer with a fake train_net.py child that writes metrics.json over 1.2 s:
+    progress lines come meanwhile, the child's output goes to train_stdout.txt (a run started
+    before the rename keeps its benchmark_stdout.txt), a failure names the log."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="run_results")
+    run = _run(rb, tmp_path, opts=["SOLVER.MAX_ITER", "3"])
+    run.output_dir.mkdir(parents=True)
+    monkeypatch.setattr(run, "train_args", lambda device: ["-c", FAKE_TRAINING,
+                                                           str(run.output_dir), "0"])  # fmt: skip
+    assert rb.subprocess_trainer(run, "cpu", progress_every=0.25)["peak_rss_mb"] > 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(run.name)]
+    assert lines and all(line.startswith(f"{run.name} seed 0: iteration") for line in lines)
+    assert any("last AP 7.5 (iteration 2)" in line for line in lines)
+    assert (run.output_dir / "train_stdout.txt").read_text() == "fake training starts\n"
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "benchmark_stdout.txt").write_text("earlier segment\n")
+    monkeypatch.setattr(run, "output_dir", old)
+    monkeypatch.setattr(run, "train_args", lambda device: ["-c", FAKE_TRAINING, str(old), "3"])
+    with pytest.raises(RuntimeError, match=r"exited with 3 \(see .*old/benchmark_stdout.txt\)"):
+        rb.subprocess_trainer(run, "cpu", progress_every=0.25)
+    assert (old / "benchmark_stdout.txt").read_text() == "earlier segment\nfake training starts\n"
+    assert not (old / "train_stdout.txt").exists()
+
+
+class CheckpointingTrainer(FakeTrainer):
+    """FakeTrainer whose model_final.pth is a real training checkpoint of the run's model: its
+    weights, an optimizer state and the iteration."""
+
+    def __call__(self, run, device):
+        out = super().__call__(run, device)
+        from detectron2.modeling import build_model
+
+        from cascade_zoo import setup_cfg
+
+        self.model = build_model(setup_cfg(run.config_files, ["MODEL.DEVICE", "cpu"]))
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        torch.save({"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "iteration": 3}, run.output_dir / "model_final.pth")  # fmt: skip
+        return out
+
+
+def test_finished_runs_publish_model_only_checkpoints(rb, tmp_path, monkeypatch, caplog):
+    zoo = tmp_path / "zoo"
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(zoo))
+    trainer = CheckpointingTrainer()
+    run = _run(rb, tmp_path)
+    result = rb.execute(run, device="cpu", trainer=trainer)
+    target = zoo / "Baselines/faster_rcnn_instant_test/seed0"
+    assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "metrics.json",
+                                                        "model_final.pth"]  # fmt: skip
+    published = torch.load(target / "model_final.pth", weights_only=True)
+    assert list(published) == ["model"]  # no optimizer, no iteration
+    expected = trainer.model.state_dict()
+    assert sorted(published["model"]) == sorted(expected)
+    assert all(torch.equal(published["model"][k], v) for k, v in expected.items())
+    assert (target / "metrics.json").read_bytes() == (run.output_dir / "metrics.json").read_bytes()
+    assert result["checkpoint_sha256"] == records.sha256(run.output_dir / "model_final.pth")
+    # a checkpoint that is not a model of the config: the result stands, nothing is published
+    other = _run(rb, tmp_path, seed=1)
+    result = rb.execute(other, device="cpu", trainer=FakeTrainer())
+    assert result["metrics"]["bbox"]["AP"] == 21.0 and other.result_path.is_file()
+    assert not (zoo / "Baselines/faster_rcnn_instant_test/seed1").exists()
+    assert "seed 1: not published" in caplog.text
+
+
+def test_protocol_runs_are_not_published_under_another_name(
+    rb, tmp_path, repo, monkeypatch, caplog
+):
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    run = rb.Run("Test/method.yaml", 0, tmp_path / "results", tmp_path / "runs",
+                 protocol="Protocols/shapes_test.yaml")  # fmt: skip
+    rb.execute(run, device="cpu", trainer=CheckpointingTrainer())
+    assert run.result_path.is_file() and not (tmp_path / "zoo").exists()
+    assert "shapes_test/Test/method seed 0: not published (publish_model takes one" in caplog.text
+
+
+# ---------------------------------------------------------------- writing only where told
+
+
+def _tree(path):
+    return {p: p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def test_reports_are_written_only_where_told(rb, tmp_path, monkeypatch):
+    """--results-md, --model-zoo-md, --figures-dir and --readme-dir elsewhere: every file goes
+    there, the repository's READMEs, docs and MODEL_ZOO.md are left alone."""
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer(ap_base=10.0))
+    repo_files = [ROOT / "MODEL_ZOO.md", ROOT / "docs/results.md", *rb.readmes()]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in repo_files}
+    images = _tree(ROOT / "docs/images")
+    out = tmp_path / "out"
+    tool = _tool()
+    monkeypatch.setattr(tool.signal, "signal", lambda *args: None)
+    args = ["--report-only", "--results-dir", str(tmp_path / "results"), "--results-md",
+            str(out / "results.md"), "--model-zoo-md", str(out / "MODEL_ZOO.md"), "--figures-dir",
+            str(out / "figs")]  # fmt: skip
+    assert tool.main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_ZOO.md", "figs", "results.md"]
+    assert "| `Baselines/faster_rcnn_instant_test` | 2 | 10.5 ± 0.7 |" in (
+        (out / "results.md").read_text()
+    )
+    assert tool.main(args + ["--readme-dir", str(out / "readmes")]) == 0
+    copy = out / "readmes/projects/r3_cnn/README.md"
+    assert "(Generated by `tools/run_results.py --report-only`" in copy.read_text()
+    assert len(list((out / "readmes/projects").glob("*/README.md"))) == len(rb.readmes()) >= 5
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in repo_files} == before
+    assert _tree(ROOT / "docs/images") == images
+
+
+def test_readmes_default_to_the_repository_only_with_the_default_results_md(monkeypatch, tmp_path):
+    tool = _tool()
+    monkeypatch.setattr(tool.signal, "signal", lambda *args: None)
+    seen = []
+    monkeypatch.setattr(tool, "write_reports", lambda results_dir, **kw: seen.append(kw))
+    elsewhere = ["--results-md", str(tmp_path / "r.md")]
+    for args in ([], elsewhere, ["--no-readmes"], elsewhere + ["--readme-dir", str(tmp_path)]):
+        assert tool.main(["--report-only", *args]) == 0
+    assert [kw["readme_dir"] for kw in seen] == [ROOT, None, None, tmp_path]
+    assert seen[0]["results_md"] == ROOT / "docs/results.md"
+
+
+def test_the_old_tool_name_says_it_is_deprecated_and_runs_the_new_one():
+    proc = subprocess.run([sys.executable, "tools/run_benchmark.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "--protocol" in proc.stdout and "--no-readmes" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "tools/run_benchmark.py is deprecated: use tools/run_results.py"
+    ]
+
+
+def test_a_new_paper_registers_its_variants_figures_and_readme(rb, tmp_path, paper):
+    """What a sixth paper package's results.py does: nothing of the runner changes."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results: Baselines/faster_rcnn_instant_test -->\n<!-- /results -->\n")
+    paper("test_paper", readme=readme, eval_variants={"Test/x": [("v", ["K", "1"])]},
+          figures=[("images/test_fig.png", "Test's Fig. 1")])  # fmt: skip
+    assert rb.eval_variants()["Test/x"] == [rb.EvalVariant("v", ["K", "1"])]
+    assert rb.readmes()[-1] == readme
+    assert rb.model_figures()[-1] == rb.ModelFigure("images/test_fig.png", "Test's Fig. 1", readme)
+    with pytest.raises(ValueError, match="r3_cnn"):
+        paper("test_paper", eval_variants={"Benchmark/r3_cnn_R_18_FPN_shapes": []})
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/test_fig.png").write_bytes(b"png")
+    md = tmp_path / "results.md"
+    rb.write_results_md({}, md, [], "cmd")
+    assert f"Test's Fig. 1 ([{tmp_path.name}](README.md)):" in md.read_text()
+
+
+def test_model_zoo_md_says_what_the_repository_ships(rb, tmp_path, monkeypatch):
+    """MODEL_ZOO.md's sections and "in this repository" columns follow benchmarks/model_zoo/."""
+    from cascade_zoo import model_zoo
+
+    for seed in (0, 1):
+        _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer())
+    grouped = rb.load_results(tmp_path / "results")
+    path = tmp_path / "MODEL_ZOO.md"
+
+    def rows():
+        text = path.read_text()
+        assert text.index("## Shipped in the repository") < text.index("## Trained by the")
+        assert text.index("## Trained by the benchmark") < text.index("## Detectron2's model zoo")
+        cells = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
+        return text, {(c[0][2:], c[1]): c[2] if c[1].isdigit() else c[1] for c in cells}
+
+    rb.write_model_zoo_md(grouped, path)
+    text, found = rows()
+    assert found[("`Benchmark/shapes_backbone_R_18_w32`", "yes")] == "yes"
+    assert found[("`Baselines/faster_rcnn_instant_test`", "0")] == "no"
+    assert found[("`configs/Baselines/faster_rcnn_R_50_FPN_voc.yaml`", "`PascalVOC-Detection/"
+                  "faster_rcnn_R_50_FPN.yaml`")]  # fmt: skip
+    assert "the trained checkpoints are **not**" in text
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(model_zoo, "SHIPPED_DIR", shipped)
+    (shipped / "Baselines/faster_rcnn_instant_test/seed1").mkdir(parents=True)
+    (shipped / "Baselines/faster_rcnn_instant_test/seed1/model_final.pth").write_bytes(b"")
+    rb.write_model_zoo_md(grouped, path)
+    text, found = rows()
+    assert found[("`Baselines/faster_rcnn_instant_test`", "1")] == "yes"
+    assert found[("`Baselines/faster_rcnn_instant_test`", "0")] == "no"
+    assert found[("`Benchmark/shapes_backbone_R_18_w32`", "no")] == "no"
+    assert "the checkpoints of 1 of the 2 rows" in text

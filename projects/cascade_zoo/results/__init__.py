@@ -1,0 +1,98 @@
+"""The shapes benchmark's accuracy runs ("results"; speed is cascade_zoo.benchmark): a matrix of
+configs x seeds trained under docs/benchmark_protocol.md, one result file per run, and the
+reports made from them. ``tools/run_results.py`` is its command line.
+
+- :mod:`.identity`: a run's config files, config hash and project-made pretrained files
+  (:class:`Run`).
+- :mod:`.records`: result files: read, checked, set aside, written, loaded for a report.
+- :mod:`.runner`: the run loop (train_net.py in a child process, resume, progress, publishing).
+- :mod:`.report`: statistics over seeds, tables and plots.
+- :mod:`.documents`: docs/results.md, MODEL_ZOO.md and the README results blocks.
+- :mod:`.registry`: what each paper package adds (eval variants, figures, its README).
+"""
+
+from .documents import (
+    results_block,
+    write_model_zoo_md,
+    write_readme_blocks,
+    write_reports,
+    write_results_md,
+)
+from .identity import (
+    IGNORED_KEYS,
+    PRETRAINED,
+    Pretraining,
+    Run,
+    config_diff,
+    config_hash,
+    run_name,
+    weights_sha256,
+)
+from .records import AP_COLUMNS, SUBSET_BINS, collect_result, load_results, read_result
+from .registry import (
+    EvalVariant,
+    ModelFigure,
+    eval_variants,
+    model_figures,
+    readmes,
+    register_results,
+    unregister_results,
+)
+from .report import (
+    gains_over,
+    many_lines,
+    plot_results,
+    stage_gaps,
+    subset_rows,
+    summary_rows,
+    variant_rows,
+)
+from .runner import (
+    execute,
+    extract_weights,
+    progress_line,
+    publish,
+    run_matrix,
+    subprocess_trainer,
+)
+
+__all__ = [
+    "AP_COLUMNS",
+    "EvalVariant",
+    "IGNORED_KEYS",
+    "ModelFigure",
+    "PRETRAINED",
+    "Pretraining",
+    "Run",
+    "SUBSET_BINS",
+    "collect_result",
+    "config_diff",
+    "config_hash",
+    "eval_variants",
+    "execute",
+    "extract_weights",
+    "gains_over",
+    "load_results",
+    "many_lines",
+    "model_figures",
+    "plot_results",
+    "progress_line",
+    "publish",
+    "read_result",
+    "readmes",
+    "register_results",
+    "results_block",
+    "run_matrix",
+    "run_name",
+    "stage_gaps",
+    "subprocess_trainer",
+    "subset_rows",
+    "summary_rows",
+    "unregister_results",
+    "variant_rows",
+    "weights_sha256",
+    "write_model_zoo_md",
+    "write_readme_blocks",
+    "write_reports",
+    "write_results_md",
+]

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Run a results matrix (configs x seeds) of the shapes benchmark, keep one small result file per
+run in the repository, and regenerate docs/results.md, its plots, MODEL_ZOO.md and the paper
+READMEs' results blocks from those files (cascade_zoo.results).
+
+    python tools/run_results.py --configs Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \\
+        Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0 1 2
+    python tools/run_results.py --report-only      # tables, plots, MODEL_ZOO.md from the files
+    python tools/run_results.py --protocol Protocols/shapes_v4.yaml \\
+        --configs CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0
+
+Configs are named relative to configs/. With --protocol, each is a method config and the run's
+config is it followed by the protocol file; the run is named <protocol stem>/<config>. Each run
+trains with train_net.py (--resume) in <runs-dir>/<name>/seed<k> (its output in train_stdout.txt
+there; a progress line every 45 s here), so a killed run continues from its last checkpoint; a
+run whose result file <results-dir>/<name>/seed<k>.json is there, valid and of the same config is
+skipped, one of another config or pretrained backbone is set aside and the run re-done
+(docs/benchmark_protocol.md). Finished runs publish their model (weights only), metrics.json and
+SHA256SUMS under the model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
+
+# isort: split
+from cascade_zoo.model_zoo import REPO_ROOT, cache_dir
+from cascade_zoo.results import run_matrix, write_reports
+from cascade_zoo.utils.env import default_device
+
+RESULTS_MD = REPO_ROOT / "docs" / "results.md"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    add = parser.add_argument
+    add("--configs", nargs="*", default=[], help="relative to configs/")
+    add("--protocol", help="a file relative to configs/ merged over every config")
+    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    add("--runs-dir", help="default: $CASCADE_ZOO_CACHE/benchmark_runs")
+    add("--device", help="default: cuda if available, else cpu")
+    add("--report-only", action="store_true", help="only regenerate the reports")
+    add("--no-report", action="store_true")
+    add("--fill-missing", action="store_true",
+        help="add the by-object-count AP and the eval variants to finished results that lack "
+        "them (re-training runs whose files are gone)")  # fmt: skip
+    add("--results-md", default=str(RESULTS_MD))
+    add("--model-zoo-md", default=str(REPO_ROOT / "MODEL_ZOO.md"))
+    add("--figures-dir", default=str(REPO_ROOT / "docs" / "images"))
+    readmes = parser.add_mutually_exclusive_group()
+    readmes.add_argument("--readme-dir", help="write the paper READMEs with their results blocks "
+                         "regenerated under this directory (default: in place in the repository "
+                         "when --results-md is the default, else not at all)")  # fmt: skip
+    readmes.add_argument("--no-readmes", action="store_true", help="leave the READMEs alone")
+    add("--baseline", default="Benchmark/faster_rcnn_R_18_FPN_shapes")
+    add("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[run_results] %(message)s")
+    # SIGTERM (kill) as an exception: the running training is stopped and its time recorded
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    results_dir = Path(args.results_dir)
+    failed = []
+    if not args.report_only:
+        failed = run_matrix(
+            args.configs, args.seeds, results_dir=results_dir, protocol=args.protocol,
+            runs_dir=Path(args.runs_dir or os.path.join(cache_dir(), "benchmark_runs")),
+            device=args.device or default_device("cuda"), opts=args.opts,
+            fill_missing=args.fill_missing,
+        )  # fmt: skip
+    if not args.no_report:
+        # the READMEs are rewritten in place only when the report goes to the repository
+        readme_dir = args.readme_dir
+        if readme_dir is None and not args.no_readmes:
+            readme_dir = REPO_ROOT if Path(args.results_md).resolve() == RESULTS_MD else None
+        write_reports(
+            results_dir, results_md=Path(args.results_md), model_zoo_md=Path(args.model_zoo_md),
+            figures_dir=Path(args.figures_dir), readme_dir=readme_dir and Path(readme_dir),
+            baseline=args.baseline,
+        )  # fmt: skip
+    for config, seed in failed:
+        logging.error(f"not done: {config} seed {seed} (run the same command again to resume)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
