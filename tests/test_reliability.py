@@ -159,6 +159,52 @@ def test_a_failed_save_leaves_the_previous_checkpoint_named(tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
 
 
+class _Killed(BaseException):
+    """A kill: not an OSError, so no clean-up of the save runs, and nothing after it."""
+
+
+def test_last_checkpoint_moves_only_after_the_new_file_is_in_place(tmp_path, monkeypatch):
+    """The moment between writing the new file and renaming it into place: last_checkpoint must
+    still name the previous checkpoint (the partial file is whole by then, so a resume that
+    followed a last_checkpoint naming it would take a checkpoint that was never committed)."""
+    _saved(tmp_path, iterations=(1,))
+    ck = ZooCheckpointer(_Net(), str(tmp_path))
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        named = (tmp_path / "last_checkpoint").read_text()
+        renames.append((os.path.basename(src), os.path.basename(dst), named))
+        if os.path.basename(src) == "model_0000003.partial.pth":
+            raise _Killed  # killed right before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Killed):
+        ck.save("model_0000003", iteration=3)
+    # the only rename so far is the kill's: last_checkpoint was not rewritten before it
+    assert renames == [("model_0000003.partial.pth", "model_0000003.pth", "model_0000001.pth")]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert torch.load(tmp_path / "model_0000003.partial.pth", weights_only=True)["iteration"] == 3
+    monkeypatch.setattr(os, "replace", real_replace)
+    model = _Net()
+    resumed = ZooCheckpointer(model, str(tmp_path))
+    assert resumed.resume_or_load("", resume=True)["iteration"] == 1
+    assert resumed.resumed_from == str(tmp_path / "model_0000001.pth")
+    assert torch.all(model.body.weight == 1.0)
+
+    # uninterrupted: the file is renamed into place, then last_checkpoint (written aside and
+    # renamed) names it
+    renames.clear()
+    monkeypatch.setattr(os, "replace", replace)
+    ck.save("model_0000005", iteration=5)
+    assert renames == [
+        ("model_0000005.partial.pth", "model_0000005.pth", "model_0000001.pth"),
+        ("last_checkpoint.partial", "last_checkpoint", "model_0000001.pth"),
+    ]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000005.pth"
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo owned",))

@@ -118,6 +118,7 @@ def _loss_and_grads(cfg, batch):
 )
 def test_trainer_model_uses_the_option_and_both_give_the_same_gradients(config):
     from detectron2.data import build_detection_train_loader
+    from detectron2.utils.env import seed_all_rng
 
     models, results = {}, {}
     for backward in ("torchvision", "vectorized"):
@@ -126,7 +127,8 @@ def test_trainer_model_uses_the_option_and_both_give_the_same_gradients(config):
             ["ZOO.ROI_ALIGN_CPU_BACKWARD", backward, "DATALOADER.NUM_WORKERS", 0],
         )
         if not results:
-            torch.manual_seed(0)
+            # Detectron2's sampler draws its seed, and the augmentations draw, from NumPy
+            seed_all_rng(0)
             batch = next(iter(build_detection_train_loader(cfg)))
         models[backward], *results[backward] = _loss_and_grads(cfg, batch)
     kinds = {b: {type(m) for m in models[b].modules() if isinstance(m, ROIAlign)} for b in models}

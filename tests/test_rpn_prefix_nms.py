@@ -125,6 +125,7 @@ def _losses(cfg, batch):
 
 def test_trainer_model_uses_the_option_and_both_give_the_same_losses_and_proposals(nms_sizes):
     from detectron2.data import build_detection_train_loader
+    from detectron2.utils.env import seed_all_rng
 
     results = {}
     for enabled in (False, True):
@@ -135,7 +136,8 @@ def test_trainer_model_uses_the_option_and_both_give_the_same_losses_and_proposa
              "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 2000, "MODEL.RPN.PRE_NMS_TOPK_TEST", 2000],
         )  # fmt: skip
         if not results:
-            torch.manual_seed(0)
+            # Detectron2's sampler draws its seed, and the augmentations draw, from NumPy
+            seed_all_rng(0)
             batch = next(iter(build_detection_train_loader(cfg)))
         results[enabled] = _losses(cfg, batch)
     assert nms_sizes  # the prefix path ran (Detectron2's own path does not call it)

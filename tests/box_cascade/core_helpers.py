@@ -6,6 +6,7 @@ import torch
 from conftest import ROOT
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from cascade_zoo import setup_cfg
@@ -74,7 +75,12 @@ def spread_predictor_weights(model, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def train_batch(cfg, n=2):
+def train_batch(cfg, n=2, seed=0):
+    """The first ``n`` images of the training stream's first batch, drawn with data seed
+    ``seed`` (images and augmentations fixed whatever ran before, so a failure reproduces)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = seed
     loader = ZooTrainer.build_train_loader(cfg)
     return next(iter(loader))[:n]
 
@@ -105,15 +111,33 @@ def assert_same_instances(a, b, atol=1e-5):
     assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=atol)
 
 
-def roi_train_pass(model, batch):
+def jittered_ground_truth(targets, per_box=30, spread=0.25, seed=0):
+    """Per image, ``per_box`` copies of each ground-truth box with each side moved by up to
+    ``spread`` of the box's width / height (fixed seed): boxes at every IoU from about 0.3 to
+    1, which an untrained RPN does not give."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in targets:
+        b = t.gt_boxes.tensor.repeat_interleave(per_box, dim=0)
+        wh = (b[:, 2:] - b[:, :2]).repeat(1, 2)
+        moved = b + (torch.rand(b.shape, generator=g) * 2 - 1) * spread * wh
+        out.append(Instances(t.image_size, proposal_boxes=Boxes(moved),
+                             objectness_logits=torch.zeros(len(moved))))  # fmt: skip
+    return out
+
+
+def roi_train_pass(model, batch, extra_proposals=None):
     """The ROI heads' training pass of ``model`` on ``batch``: (losses, stage records, targets,
-    RPN proposals, backbone features)."""
+    RPN proposals, backbone features). ``extra_proposals(targets)`` (per image, Instances) are
+    added to the RPN's."""
     model.train()
     images = model.preprocess_image(batch)
     targets = [x["instances"] for x in batch]
     with EventStorage(0):
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, targets)
+        if extra_proposals is not None:
+            proposals = [Instances.cat([p, e]) for p, e in zip(proposals, extra_proposals(targets))]
         losses, records = model.roi_heads._forward_box_train(features, proposals, targets)
     return losses, records, targets, proposals, features
 
@@ -128,3 +152,35 @@ def roi_test_pass(model, inputs):
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, None)
         return heads.run_test_stages([features[f] for f in heads.box_in_features], proposals)
+
+
+def literal_deltas(src, dst, weights):
+    """Eq. 1's normalised regression targets (R, 4) of boxes ``dst`` from boxes ``src`` (both
+    (R, 4) x0y0x1y1), written out."""
+    wx, wy, ww, wh = weights
+    sw, sh = src[:, 2] - src[:, 0], src[:, 3] - src[:, 1]
+    dw, dh = dst[:, 2] - dst[:, 0], dst[:, 3] - dst[:, 1]
+    sx, sy = src[:, 0] + 0.5 * sw, src[:, 1] + 0.5 * sh
+    dx, dy = dst[:, 0] + 0.5 * dw, dst[:, 1] + 0.5 * dh
+    return torch.stack([wx * (dx - sx) / sw, wy * (dy - sy) / sh,
+                        ww * torch.log(dw / sw), wh * torch.log(dh / sh)], dim=1)  # fmt: skip
+
+
+def literal_fast_rcnn_losses(logits, deltas, proposals, weights, num_classes, beta=1.0):
+    """Fast R-CNN's two losses of one module written out: softmax cross-entropy over all its
+    boxes, and smooth L1 (``beta``; 0: L1) of the positives' deltas (class-agnostic, or those of
+    the ground-truth class) against their targets, summed and divided by the number of boxes.
+    ``logits`` (R, K+1) / ``deltas`` (R, 4 or 4K) at ``proposals`` (labelled, per image)."""
+    labels = torch.cat([p.gt_classes for p in proposals])
+    boxes = torch.cat([p.proposal_boxes.tensor for p in proposals])
+    matched = torch.cat([p.gt_boxes.tensor for p in proposals])
+    log_probs = logits.log_softmax(dim=1)
+    loss_cls = -log_probs[torch.arange(len(labels)), labels].mean()
+    fg = torch.nonzero(labels < num_classes).flatten()
+    if deltas.shape[1] == 4:
+        fg_deltas = deltas[fg]
+    else:
+        fg_deltas = deltas.view(len(deltas), num_classes, 4)[fg, labels[fg]]
+    x = (fg_deltas - literal_deltas(boxes[fg], matched[fg], weights)).abs()
+    per = x if beta == 0 else torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta)
+    return loss_cls, per.sum() / max(len(labels), 1)

@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_roi_heads
 
 from box_cascade.samplers import SAMPLER_NAMES
-from cascade_zoo.engine.optim import build_optimizer_with_lr_multipliers
+from cascade_zoo.engine.optim import build_optimizer
 
 CONFIGS = ROOT / "configs" / "CascadeRCNN"
 ABLATIONS = CONFIGS / "ablations"
@@ -115,7 +115,7 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == (name != "class_specific")
         # learning rate and weight decay: Detectron2's for every parameter (the head rule acts on
         # the gradient, not on the optimizer)
-        groups = build_optimizer_with_lr_multipliers(cfg, heads).param_groups
+        groups = build_optimizer(cfg, heads).param_groups
         base = cfg.SOLVER.BASE_LR
         assert {g["lr"] for g in groups} <= {base, base * cfg.SOLVER.BIAS_LR_FACTOR}
         assert {g["weight_decay"] for g in groups} <= {

@@ -2,13 +2,15 @@
 checked against a literal re-statement, and the tool run on a trained instant model."""
 
 import json
+import math
 
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_tool
+from conftest import run_tool
 from core_helpers import CORE, cfg_of, model_of, spread_predictor_weights
+from detectron2.data import DatasetCatalog
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, BoxMode
 
 from box_cascade.cross_stage import _test_loader_with_annotations, cross_stage_detections
 
@@ -56,7 +58,18 @@ def test_cells_match_a_literal_detector_on_the_stage_proposals_and_the_stagewise
             assert torch.allclose(cells_gt[(1, j + 1)].scores, want.scores, atol=1e-5), j
     for i in range(1, 4):  # detector i on its own proposals is stage i's own output
         assert torch.allclose(cells[(i, i)].scores, staged[f"stage{i}"].scores, atol=1e-6)
-    assert size  # the loader kept the annotations and the original size
+    # the loader kept the original size and the annotations, moved into the resized image
+    record = next(r for r in DatasetCatalog.get(cfg.DATASETS.TEST[0])
+                  if r["image_id"] == inputs[0]["image_id"])  # fmt: skip
+    assert size == (record["height"], record["width"])
+    h, w = inputs[0]["height"], inputs[0]["width"]
+    assert (h, w) != size  # resized (the test scale): the boxes below are scaled
+    annotations = record["annotations"]
+    xyxy = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
+    want = torch.tensor(xyxy) * torch.tensor([w / size[1], h / size[0], w / size[1], h / size[0]])
+    # within a pixel: Detectron2 v0.6's resize floors the shapes' integer boxes (in place in an
+    # integer array)
+    assert torch.allclose(gt.tensor, want, atol=1.0)
 
 
 def test_cross_stage_tool_writes_tables_json_and_plots(trained_core, tmp_path):
@@ -71,4 +84,19 @@ def test_cross_stage_tool_writes_tables_json_and_plots(trained_core, tmp_path):
     assert "| proposals \\ detector | stage 1 | stage 2 | stage 3 |" in table
     for i in (1, 2, 3):
         assert (tmp_path / f"cross_stage_with_gt_proposals{i}.png").stat().st_size > 0
-    assert ROOT.exists()
+    # every cell of both tables, each an AP (percent) at every IoU
+    cells = {f"proposals{i}/detector{j}" for i in (1, 2, 3) for j in (1, 2, 3)}
+    for name in ("proposals", "with_gt"):
+        assert set(report[name]) == cells, name
+        for cell, metrics in report[name].items():
+            assert {"AP", "AP50", "AP95"} <= set(metrics), (name, cell)
+            assert all(math.isnan(v) or 0 <= v <= 100 for v in metrics.values()), (name, cell)
+    # the table's AP cell (i, j) is the report's proposals{i}/detector{j}
+    lines = table.splitlines()
+    start = lines.index("| proposals \\ detector | stage 1 | stage 2 | stage 3 |")
+    for i, row in enumerate(lines[start + 2 : start + 5], start=1):
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[0] == f"stage {i}", row
+        for j, cell in enumerate(cells[1:], start=1):
+            ap = report["proposals"][f"proposals{i}/detector{j}"]["AP"]
+            assert cell == ("-" if math.isnan(ap) else f"{ap:.2f}"), (i, j, cell, ap)

@@ -9,6 +9,7 @@ from core_helpers import (
     cfg_of,
     detections_of,
     eval_inputs,
+    literal_fast_rcnn_losses,
     losses_of,
     model_of,
     roi_test_pass,
@@ -67,6 +68,38 @@ def test_two_modules_sample_with_their_fractions_and_sum_losses():
     assert rule["parallel_box_predictor.0.1.cls_score.weight"] == 2.0
     sum(losses.values()).backward()
     assert heads.parallel_box_predictor[0][2].cls_score.weight.grad.abs().sum() > 0
+
+
+WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+
+
+def test_every_modules_losses_are_its_own_fast_rcnn_losses_times_w_t():
+    """Each module of stage t: Fast R-CNN's losses of its own head and predictor on its own
+    training boxes, re-pooled and written out here, times the stage's weight w_t = 1, 1/2, 1/4
+    (the box module's and the other module's alike)."""
+    cfg = cfg_of(CORE, *PARALLEL, *TWO)
+    model = model_of(cfg)
+    spread_predictor_weights(model)
+    heads = model.roi_heads
+    assert heads.plan.loss_weights == (1.0, 0.5, 0.25)
+    losses, records, _, _, features = roi_train_pass(model, train_batch(cfg))
+    feats = [features[f] for f in heads.box_in_features]
+    modules = {
+        "": (heads.box_head, heads.box_predictor, lambda r: r.proposals),
+        "_module1": (heads.parallel_box_head[0], heads.parallel_box_predictor[0],
+                     lambda r: r.branches["module1"].proposals),
+    }  # fmt: skip
+    for t, w in enumerate((1.0, 0.5, 0.25)):
+        for suffix, (head, predictor, boxes_of) in modules.items():
+            proposals = boxes_of(records[t])
+            x = head[t](heads.box_pooler(feats, [p.proposal_boxes for p in proposals]))
+            logits, deltas = predictor[t](x)
+            loss_cls, loss_box = literal_fast_rcnn_losses(logits, deltas, proposals, WEIGHTS[t], 6)
+            assert loss_cls > 0 and loss_box > 0, (t, suffix)
+            for name, want in (("loss_cls", loss_cls), ("loss_box_reg", loss_box)):
+                key = f"{name}{suffix}_stage{t}"
+                assert torch.allclose(losses[key], w * want, rtol=1e-4, atol=1e-6), (
+                    key, float(losses[key]), w * float(want))  # fmt: skip
 
 
 @pytest.mark.parametrize("merge", ["mean_logits", "max_logits"])

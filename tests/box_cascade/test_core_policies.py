@@ -2,6 +2,7 @@
 the paper's mechanics (written out here without the core's code)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from core_helpers import (
     cfg_of,
     detections_of,
     eval_inputs,
+    jittered_ground_truth,
     losses_of,
     model_of,
     roi_train_pass,
@@ -24,7 +26,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from box_cascade import StageRecord, stage_loss_weights
-from cascade_zoo.engine.optim import build_optimizer_with_lr_multipliers
+from cascade_zoo.engine.optim import build_optimizer
 
 WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 
@@ -65,7 +67,7 @@ def test_weighting_scales_each_stage_loss_by_w_t(scheme):
 
 
 def _sgd_steps(cfg, model, batch, steps=1):
-    optimizer = build_optimizer_with_lr_multipliers(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     before = copy.deepcopy(model.state_dict())
     for _ in range(steps):
         losses, _ = losses_of(model, batch)
@@ -89,7 +91,7 @@ def test_head_rule_scales_the_head_gradients_by_one_over_w_t():
     assert factors["box_predictor.1.cls_score.weight"] == 2.0
     assert factors["box_head.2.fc2.bias"] == 4.0
     # learning rates are not touched: every group at the base LR (biases: Detectron2's factor)
-    groups = build_optimizer_with_lr_multipliers(cfg, decay).param_groups
+    groups = build_optimizer(cfg, decay).param_groups
     assert {g["lr"] for g in groups} == {cfg.SOLVER.BASE_LR}
     assert all(g["weight_decay"] in (cfg.SOLVER.WEIGHT_DECAY, 0.0) for g in groups)
 
@@ -199,6 +201,61 @@ def test_test_time_ensembles_match_literal_cascade(policy):
         assert_same_instances(a, b, atol=1e-4)
 
 
+def _literal_regression(deltas, boxes, weights, size):
+    """Boxes (R, 4) moved by class-agnostic deltas (R, 4) with regression weights ``weights``
+    (Eq. 1 inverted; log-size deltas capped at log(1000/16) as Detectron2 does), then clipped
+    to the image ``size`` (h, w)."""
+    wx, wy, ww, wh = weights
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx, cy = boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h
+    cap = math.log(1000.0 / 16)
+    pw = torch.exp((deltas[:, 2] / ww).clamp(max=cap)) * w
+    ph = torch.exp((deltas[:, 3] / wh).clamp(max=cap)) * h
+    px, py = cx + deltas[:, 0] / wx * w, cy + deltas[:, 1] / wy * h
+    out = torch.stack([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2], dim=1)
+    limits = torch.tensor([size[1], size[0], size[1], size[0]], dtype=out.dtype)
+    return torch.minimum(out.clamp(min=0), limits)
+
+
+def test_stagewise_proposals_are_each_stages_regressed_boxes():
+    """The "stage_proposals" behind ``proposals/stageK`` (Table 8's recall): stage K's regression
+    of its own input boxes (not the boxes it was given), scored by its foreground probability,
+    in the input image's size; "rpn" the boxes entering stage 1. Written out from the RPN's
+    proposals through the three stages."""
+    cfg, model = _model()
+    inputs = eval_inputs(cfg, 2)
+    model.eval()
+    with torch.no_grad():
+        out = model(inputs)
+        heads = model.roi_heads
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        rpn, _ = model.proposal_generator(images, features, None)
+        feats = [features[f] for f in heads.box_in_features]
+        boxes = [p.proposal_boxes.tensor for p in rpn]
+        for t in range(4):
+            name = "rpn" if t == 0 else f"stage{t}"
+            if t > 0:
+                x = heads.box_head[t - 1](heads.box_pooler(feats, [Boxes(b) for b in boxes]))
+                logits, deltas = heads.box_predictor[t - 1](x)
+                counts = [len(b) for b in boxes]
+                fg = (1 - F.softmax(logits, dim=1)[:, -1]).split(counts)
+                refined = [_literal_regression(d, b, WEIGHTS[t - 1], size) for d, b, size
+                           in zip(deltas.split(counts), boxes, images.image_sizes)]  # fmt: skip
+                moved = max((r - b).abs().max().item() for r, b in zip(refined, boxes))
+                assert moved > 0.5, f"stage {t} hardly moves its boxes ({moved} px)"
+                boxes = refined
+            for i, (o, inp, size) in enumerate(zip(out, inputs, images.image_sizes)):
+                got = o["stage_proposals"][name]
+                h, w = inp["height"], inp["width"]
+                scale = torch.tensor([w / size[1], h / size[0], w / size[1], h / size[0]])
+                want = torch.minimum(boxes[i] * scale, torch.tensor([w, h, w, h]).float())
+                keep = (want[:, 2] > want[:, 0]) & (want[:, 3] > want[:, 1])
+                assert torch.allclose(got.proposal_boxes.tensor, want[keep], atol=1e-3), name
+                score = rpn[i].objectness_logits if t == 0 else fg[i]
+                assert torch.allclose(got.objectness_logits, score[keep], atol=1e-6), name
+
+
 def test_policies_differ_from_each_other():
     cfg, model = _model()
     inputs = eval_inputs(cfg, 1)
@@ -215,6 +272,26 @@ def test_ensemble_none_equals_the_last_stage_alone():
     for o in out:
         assert_same_instances(o["instances"], o["stage_instances"]["stage3"])
         assert_same_instances(o["stage_instances"]["ensemble"], o["stage_instances"]["stage3"])
+
+
+def test_stagewise_ensemble_row_is_the_literal_ensemble_not_a_stage():
+    """``stage_instances["ensemble"]`` (the "ensemble/bbox" row of the stage-wise evaluation)
+    holds the "1~3" ensemble's detections, written out, and not any single stage's."""
+    cfg, model = _model()  # TEST_ENSEMBLE "all_on_final", the default
+    inputs = eval_inputs(cfg, 2)
+    for x in inputs:  # outputs in the network's input size (no rescaling)
+        x["height"], x["width"] = x["image"].shape[1:]
+    out = detections_of(model, inputs)
+    with torch.no_grad():
+        want = _literal_cascade(model, inputs, "all_on_final", 3)
+    for o, w in zip(out, want):
+        ensemble = o["stage_instances"]["ensemble"]
+        assert len(w) > 0
+        assert_same_instances(ensemble, w, atol=1e-4)
+        for k in (1, 2, 3):
+            own = o["stage_instances"][f"stage{k}"]
+            same = len(own) == len(ensemble) and torch.allclose(own.scores, ensemble.scores)
+            assert not same, f"the ensemble's detections are stage {k}'s"
 
 
 def test_stage_t_output_equals_a_t_stage_cascade_with_the_same_weights():
@@ -270,22 +347,127 @@ def _literal_labels(boxes, gt, u):
 @pytest.mark.parametrize("mode", ["readd", "keep"])
 def test_refined_sampler_trains_on_the_literal_refined_boxes_labelled_at_the_stage_iou(mode):
     cfg, model = _model("MODEL.BOX_CASCADE.LATER_STAGE_GT", mode)
-    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg))
+    # boxes around the ground truth besides the RPN's, so that later stages get boxes at every
+    # IoU and a stage labelled at another stage's threshold shows
+    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg), jittered_ground_truth)
     for props, gt in zip(records[0].proposals, targets):
         # stage 1's ground-truth flags mark exactly the boxes that are ground-truth boxes
         exact = (props.proposal_boxes.tensor[:, None] == gt.gt_boxes.tensor[None]).all(-1).any(1)
         assert torch.equal(props.from_gt, exact)
     for k, u in ((1, 0.6), (2, 0.7)):
         want = _literal_next_boxes(records[k - 1], WEIGHTS[k - 1], targets, mode == "readd")
+        discriminating = 0  # boxes whose label at u differs from that at the other thresholds
         for props, gt, (boxes, flags) in zip(records[k].proposals, targets, want):
             assert torch.allclose(props.proposal_boxes.tensor, boxes, atol=1e-4)
             assert torch.equal(props.from_gt, flags)
             labels, idx = _literal_labels(boxes, gt, u)
-            assert torch.equal(props.gt_classes, labels)
+            assert torch.equal(props.gt_classes, labels), f"stage {k + 1} not labelled at {u}"
+            for other in {0.5, 0.6, 0.7} - {u}:
+                discriminating += int((_literal_labels(boxes, gt, other)[0] != labels).sum())
             fg = labels < 6
             assert torch.equal(props.gt_boxes.tensor[fg], gt.gt_boxes.tensor[idx[fg]])
             if mode == "readd":  # every ground-truth box, exactly, at the end
                 assert torch.equal(props.proposal_boxes.tensor[flags], gt.gt_boxes.tensor)
+        # the batch tells the stage's threshold from the others (e.g. stage 2 labelled at 0.5)
+        assert discriminating > 0, f"no box of stage {k + 1} lies between the thresholds"
+
+
+def _literal_iou(boxes, gt):
+    """IoU (R,) of each box (R, 4) with one ground-truth box (4,), written out."""
+    w = (torch.minimum(boxes[:, 2], gt[2]) - torch.maximum(boxes[:, 0], gt[0])).clamp(min=0)
+    h = (torch.minimum(boxes[:, 3], gt[3]) - torch.maximum(boxes[:, 1], gt[1])).clamp(min=0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    inter = w * h
+    return inter / (area + (gt[2] - gt[0]) * (gt[3] - gt[1]) - inter)
+
+
+@pytest.mark.parametrize("sampler", ["refined", "resample", "sample"])
+def test_every_stage_labels_its_boxes_at_its_own_iou_threshold(sampler):
+    """Boxes at IoU 0.45, 0.55, ..., 0.85 with one ground-truth box, given to each stage's
+    sampler: stage t's positives are exactly those at IoU >= u_t = 0.5, 0.6, 0.7 (Sec. 4.3),
+    whatever the sampler (all boxes kept: batch 1000, positive fraction 1)."""
+    from detectron2.utils.events import EventStorage
+
+    from box_cascade.samplers import build_stage_sampler
+
+    cfg, model = _model("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 1000,
+                        "MODEL.ROI_HEADS.POSITIVE_FRACTION", 1.0)  # fmt: skip
+    heads = model.roi_heads
+    model.train()
+    gt_box = torch.tensor([20.0, 10.0, 120.0, 110.0])
+    gt = Instances((200, 200), gt_boxes=Boxes(gt_box[None]), gt_classes=torch.tensor([3]))
+    heights = torch.tensor([45.0, 55.0, 65.0, 75.0, 85.0])  # inside the box: IoU = h / 100
+    boxes = torch.stack([torch.full_like(heights, 20), torch.full_like(heights, 10),
+                         torch.full_like(heights, 120), 10 + heights], dim=1)  # fmt: skip
+    for stage, u in enumerate((0.5, 0.6, 0.7)):
+        proposals = Instances((200, 200), proposal_boxes=Boxes(boxes.clone()))
+        with EventStorage(0):
+            (out,) = build_stage_sampler(sampler)(heads, stage, [proposals], [gt])
+        got = out.proposal_boxes.tensor
+        ious = _literal_iou(got, gt_box)
+        assert len(got) == 5 + (sampler == "sample")  # "sample" adds the ground truth
+        assert torch.allclose(ious.sort().values[:5], heights / 100)
+        want = torch.where(ious >= u, torch.tensor(3), torch.tensor(6))
+        assert torch.equal(out.gt_classes, want), (sampler, stage + 1, out.gt_classes, ious)
+        assert int((want == 3).sum()) == {0: 4, 1: 3, 2: 2}[stage] + (sampler == "sample")
+
+
+@pytest.mark.parametrize("mode", ["keep", "readd"])
+def test_empty_boxes_are_dropped_between_stages_in_training_as_detectron2_does(mode):
+    """A stage's regressed boxes become the next stage's proposals clipped to the image and, in
+    training only, without the empty ones (Detectron2's CascadeROIHeads: boxes of zero width or
+    height after clipping are removed); the memory rows and ground-truth flags follow them."""
+    from detectron2.modeling.roi_heads import CascadeROIHeads
+
+    _, model = _model("MODEL.BOX_CASCADE.LATER_STAGE_GT", mode)
+    heads = model.roi_heads
+    size = (100, 120)  # (h, w)
+    regressed = torch.tensor([
+        [10.0, 12.0, 50.0, 60.0],  # inside: kept
+        [130.0, 10.0, 150.0, 50.0],  # right of the image: width 0 once clipped
+        [20.0, 20.0, 20.0, 60.0],  # zero width
+        [-30.0, -20.0, -5.0, 40.0],  # left of the image: width 0 once clipped
+        [5.0, 90.0, 40.0, 140.0],  # partly below: clipped to (5, 90, 40, 100), kept
+        [60.0, 30.0, 80.0, 30.0],  # zero height
+    ])  # fmt: skip
+    kept = torch.tensor([[10.0, 12.0, 50.0, 60.0], [5.0, 90.0, 40.0, 100.0]])
+    props = Instances(size, proposal_boxes=Boxes(torch.tensor([[10.0, 10.0, 50.0, 50.0]] * 6)))
+    props.from_gt = torch.tensor([False, False, False, False, True, False])
+    gt = Instances(size, gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 30.0, 30.0]])),
+                   gt_classes=torch.tensor([2]))  # fmt: skip
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    record = StageRecord(0, [props], None, {}, {"m": torch.arange(6.0)[:, None]},
+                         boxes=[regressed], fg_scores=[scores])  # fmt: skip
+    heads.train()
+    (nxt,), memory = heads.next_stage_inputs(record, [gt])
+    (d2,) = CascadeROIHeads._create_proposals_from_boxes(heads, [regressed], [size])
+    assert torch.equal(d2.proposal_boxes.tensor, kept)  # the reference agrees with the literal
+    if mode == "keep":
+        assert torch.equal(nxt.proposal_boxes.tensor, kept)
+        assert torch.equal(nxt.from_gt, torch.tensor([False, True]))
+        assert torch.equal(nxt.objectness_logits, torch.tensor([0.1, 0.5]))
+        assert torch.equal(memory["m"], torch.tensor([[0.0], [4.0]]))
+    else:  # the regressed copy of a ground-truth box (row 4) is dropped, the ground truth added
+        assert torch.equal(nxt.proposal_boxes.tensor, torch.cat([kept[:1], gt.gt_boxes.tensor]))
+        assert torch.equal(nxt.from_gt, torch.tensor([False, True]))
+    heads.eval()  # at test nothing is dropped: every stage scores the same boxes
+    (nxt,), _ = heads.next_stage_inputs(record)
+    assert len(nxt) == 6
+    assert torch.equal(nxt.proposal_boxes.tensor[[0, 4]], kept)
+
+
+def test_boxes_regressed_out_of_the_image_do_not_reach_the_next_stage():
+    """Stage 1 moves every box 1000 widths to the right: all are empty once clipped, so stage 2
+    trains on the re-added ground truth alone."""
+    cfg, model = _model()
+    with torch.no_grad():
+        bbox_pred = model.roi_heads.box_predictor[0].bbox_pred
+        bbox_pred.weight.zero_()
+        bbox_pred.bias.copy_(torch.tensor([10000.0, 0.0, 0.0, 0.0]))  # dx: 10000 / 10 widths
+    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg))
+    for props, gt in zip(records[1].proposals, targets):
+        assert torch.equal(props.proposal_boxes.tensor, gt.gt_boxes.tensor)
+        assert props.from_gt.all()
 
 
 def test_one_training_step_of_the_paper_mode_written_out():
@@ -438,6 +620,36 @@ def test_mask_head_per_stage_trains_each_and_averages_at_test():
         want = probs[torch.arange(len(out)), out.pred_classes][:, None]
     assert len(out) > 0
     assert torch.allclose(out.pred_masks, want, atol=1e-5)
+
+
+def test_mask_head_per_stage_losses_are_each_stages_mask_loss_times_w_t():
+    """The "every" strategy (Fig. 6d): stage t's mask head on stage t's positives, its per-pixel
+    binary cross-entropy against the ground-truth masks cropped to those boxes, written out
+    here, times w_t = 1, 1/2, 1/4."""
+    from detectron2.utils.events import EventStorage
+
+    cfg, model = _model("MODEL.BOX_CASCADE.MASK_STRATEGY", "every", config=CORE_MASK)
+    heads = model.roi_heads
+    _, records, _, _, features = roi_train_pass(model, train_batch(cfg))
+    with EventStorage(0):
+        losses = heads.mask_losses(features, [r.proposals for r in records])
+    assert set(losses) == {"loss_mask_stage0", "loss_mask_stage1", "loss_mask_stage2"}
+    mask_features = [features[f] for f in heads.mask_in_features]
+    for t, (u, w) in enumerate(zip((0.5, 0.6, 0.7), (1.0, 0.5, 0.25))):
+        positives = [p[p.gt_classes < 6] for p in records[t].proposals]
+        boxes = [p.proposal_boxes for p in positives]
+        ious = torch.cat([pairwise_iou(b, p.gt_boxes).diagonal() for b, p in zip(boxes, positives)])
+        assert len(ious) > 0 and (ious >= u - 1e-6).all()
+        logits = heads.mask_head[t].layers(heads.mask_pooler(mask_features, boxes))
+        labels = torch.cat([p.gt_classes for p in positives])
+        logits = logits[torch.arange(len(labels)), labels]  # (R, M, M), the box's class
+        side = logits.shape[-1]
+        target = torch.cat([
+            p.gt_masks.crop_and_resize(p.proposal_boxes.tensor, side) for p in positives
+        ]).float()  # fmt: skip
+        bce = -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits)).mean()
+        got = losses[f"loss_mask_stage{t}"]
+        assert torch.allclose(got, w * bce, rtol=1e-4), (t, float(got), w * float(bce))
 
 
 def test_training_iou_statistics_match_a_literal_histogram():

@@ -18,9 +18,7 @@ from core_helpers import (  # noqa: E402,F401
     losses_of,
     model_of,
     roi_test_pass,
-    roi_train_pass,
     spread_predictor_weights,
-    train_batch,
 )
 
 D = ROOT / "configs" / "IoUUniform"
@@ -28,6 +26,23 @@ FASTER = D / "iou_uniform_faster_rcnn_instant_test.yaml"
 CASCADE = D / "iou_uniform_cascade_rcnn_instant_test.yaml"
 # What turns an IoU-Uniform config into the box-cascade core with the branch off.
 OFF = ["MODEL.IOU_UNIFORM.ENABLED", "False", "MODEL.IOU_UNIFORM.EFO", "False"]
+
+
+def train_batch(cfg, n=2, seed=0):
+    """The first ``n`` images of ``cfg``'s training stream under ``SEED`` ``seed`` (the images and
+    their augmentations), so that a failure reproduces."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = seed
+    cfg.freeze()
+    return core_helpers.train_batch(cfg, n)
+
+
+def roi_train_pass(model, batch, *args, seed=123, **kwargs):
+    """The box-cascade core's ``roi_train_pass`` (losses, stage records, targets, RPN proposals,
+    features) with torch's RNG (proposal sampling, generated boxes) seeded first."""
+    torch.manual_seed(seed)
+    return core_helpers.roi_train_pass(model, batch, *args, **kwargs)
 
 
 def slow_iou(a, b) -> float:
@@ -64,6 +79,20 @@ def slow_deltas(box, gt, weights):
         ww * math.log(gw / pw),
         wh * math.log(gh / ph),
     ]
+
+
+def slow_decode(box, deltas, weights):
+    """Fast R-CNN's box decoding of ``deltas`` from ``box`` with weights (wx, wy, ww, wh), the
+    log-size deltas clamped at log(1000 / 16) as Detectron2 does."""
+    import math
+
+    pw, ph = box[2] - box[0], box[3] - box[1]
+    px, py = box[0] + pw / 2, box[1] + ph / 2
+    wx, wy, ww, wh = weights
+    limit = math.log(1000.0 / 16)
+    cx, cy = px + deltas[0] / wx * pw, py + deltas[1] / wy * ph
+    w, h = pw * math.exp(min(deltas[2] / ww, limit)), ph * math.exp(min(deltas[3] / wh, limit))
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
 def slow_smooth_l1(x: float, beta: float) -> float:

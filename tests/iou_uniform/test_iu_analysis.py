@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
-from iu_helpers import FASTER, cfg_of, model_of, slow_iou, spread
+from iu_helpers import CASCADE, FASTER, cfg_of, model_of, slow_iou, spread
 from torch import nn
 
 from cascade_zoo.analysis import AnalysisInputError
@@ -135,3 +135,15 @@ def test_the_tools_write_their_figures_and_tables(tmp_path, capsys):
     with pytest.raises(SystemExit, match="error"):
         refinement.main([*common, "--compare", str(tmp_path / "missing.json")])
     capsys.readouterr()
+
+
+def test_the_generation_benchmark_reports_every_stage_and_setting(capsys):
+    tool = _tool("iou_uniform_generation_benchmark")
+    tool.main(["--num-gt", "3", "--repeats", "1", "--warmup", "0", "--config-file", str(CASCADE),
+               "--max-candidates", "500", "5000"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    for stage, pairs in ((1, 12), (2, 12), (3, 9)):
+        assert any(f"stage {stage}, MAX_CANDIDATES 500:" in line for line in lines)
+        assert any(f"stage {stage}, MAX_CANDIDATES 5000:" in line
+                   and line.endswith(f" 0 of {pairs} pairs short") for line in lines)  # fmt: skip
+    assert "MAX_CANDIDATES 5000" in lines[-1]

@@ -69,6 +69,7 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert [tuple(iv) for iv in iu.INTERVALS[0]] == [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8),
                                                          (0.8, 1.0)]  # fmt: skip
         assert tuple(iu.SAMPLES_PER_GT) == (64,) and iu.NUM_CANDIDATES == 500
+        assert iu.MAX_CANDIDATES == 5000  # rounds until each interval has M / N
         # the baseline regresses per class, as the paper's Faster R-CNN
         assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == (name != "off")
     body = [line for line in _coco(name).read_text().splitlines() if "_BASE_" not in line]
@@ -186,6 +187,7 @@ BAD = [
      _IU + "INTERVALS"),
     (FASTER, [_IU + "SAMPLES_PER_GT", "(62,)"], _IU + "SAMPLES_PER_GT"),
     (FASTER, [_IU + "NUM_CANDIDATES", 0], _IU + "NUM_CANDIDATES"),
+    (FASTER, [_IU + "MAX_CANDIDATES", 499], _IU + "MAX_CANDIDATES"),
     (FASTER, [_IU + "IOU_PREDICTION", False], _IU + "EFO"),
     (FASTER, [_IU + "ENABLED", False], _IU + "EFO"),
     (FASTER, [_IU + "REG_SAMPLES", "proposals"], _IU + "REG_SAMPLES"),

@@ -8,7 +8,7 @@ from iu_helpers import CASCADE
 
 
 def test_train_net_trains_and_evaluates(tmp_path):
-    proc = run_train_net("--config-file", CASCADE, "OUTPUT_DIR", tmp_path)
+    proc = run_train_net("--config-file", CASCADE, "OUTPUT_DIR", tmp_path, "SEED", 0)
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     trained = [m for m in metrics if "loss_iou_stage2" in m]
     assert len(trained) >= 1

@@ -1,13 +1,15 @@
 """The generator of Sec. 3.1 against a slow per-box re-statement: candidates within Eq. 1's
-ranges, the kept boxes in their intervals, equal counts per interval when candidates suffice,
-the highest-IoU-ground-truth filter, clipping, images without ground truth, determinism under a
-seed, and Table 5's even resampling."""
+ranges, the kept boxes in their intervals, the highest-IoU-ground-truth filter, clipping, the
+rounds of candidates for the (ground truth, interval) pairs still short, exactly M / N per
+interval at every stage of the shipped cascade settings, images without ground truth,
+determinism under a seed, and Table 5's even resampling."""
 
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
-from iu_helpers import slow_clip, slow_in_interval, slow_iou
+from iu_helpers import CASCADE, cfg_of, slow_clip, slow_in_interval, slow_iou, train_batch
 
+import iou_uniform.sampler as sampler_module
 from box_cascade import STAGE_SAMPLER_REGISTRY, build_stage_sampler
 from iou_uniform import (
     GenerationSettings,
@@ -106,18 +108,103 @@ def test_counts_per_interval_are_equal_when_candidates_suffice():
     # official code about 3 % of the first interval's fall into it): M / N boxes per interval
     targets = _targets([[100.0, 100.0, 180.0, 160.0], [300.0, 200.0, 420.0, 330.0]], (480, 640))
     torch.manual_seed(1)
-    plenty = GenerationSettings(PAPER.intervals, PAPER.center_shifts, PAPER.scale_ranges, 3000, 64)
+    plenty = GenerationSettings(PAPER.intervals, PAPER.center_shifts, PAPER.scale_ranges, 3000, 64,
+                                3000)  # fmt: skip
     out = uniform_iou_samples(targets, plenty)
     counts = {}
     for k, j in zip(out.gt_classes.tolist(), out.iou_interval.tolist()):
         counts[(k, j)] = counts.get((k, j), 0) + 1
     assert counts == {(k, j): 16 for k in range(2) for j in range(4)}
-    # with too few candidates, fewer (never more) per interval, and not all equal
-    few = GenerationSettings(PAPER.intervals, PAPER.center_shifts, PAPER.scale_ranges, 8, 64)
+    # with too few candidates (one round of 8), fewer (never more) per interval, not all equal
+    few = GenerationSettings(PAPER.intervals, PAPER.center_shifts, PAPER.scale_ranges, 8, 64, 8)
     out = uniform_iou_samples(targets, few)
     per = [sum(1 for k, j in zip(out.gt_classes.tolist(), out.iou_interval.tolist())
                if (k, j) == key) for key in counts]  # fmt: skip
     assert max(per) <= 8 and len(set(per)) > 1
+
+
+def _counts(samples, targets, num_intervals):
+    """Samples per ground truth (told apart by its box) and interval."""
+    gts = targets.gt_boxes.tensor.tolist()
+    assert len({tuple(g) for g in gts}) == len(gts)
+    counts = [[0] * num_intervals for _ in gts]
+    for box, j in zip(samples.gt_boxes.tensor.tolist(), samples.iou_interval.tolist()):
+        counts[gts.index(box)][j] += 1
+    return counts
+
+
+def test_every_stage_gets_exactly_m_over_n_per_interval_at_the_shipped_settings():
+    """Sec. 3.1's uniform distribution at the shipped cascade settings (rounds of 500 candidates,
+    at most 5000): every ground truth of a training batch and of three overlapping boxes gets
+    exactly 16 / 16 / 20 boxes in each interval of stages 1 / 2 / 3. One round of 500 (the
+    official code) leaves [0.9, 1.0] of stages 2 and 3 short."""
+    cfg = cfg_of(CASCADE)
+    iu = cfg.MODEL.IOU_UNIFORM
+    assert (iu.NUM_CANDIDATES, iu.MAX_CANDIDATES) == (500, 5000)
+    targets = [b["instances"] for b in train_batch(cfg)] + [_targets(CROWDED[:3])]
+    assert sum(len(t) for t in targets) > 10
+    stages = [(4, 16), (4, 16), (3, 20)]  # (N intervals, M / N)
+    sampler = UniformIoUSampler(cfg)
+    torch.manual_seed(0)
+    for t, (n, m) in enumerate(stages):
+        for target, samples in zip(targets, sampler(None, t, None, targets)):
+            assert _counts(samples, target, n) == [[m] * n] * len(target), f"stage {t + 1}"
+    one_round = UniformIoUSampler(cfg_of(CASCADE, "MODEL.IOU_UNIFORM.MAX_CANDIDATES", 500))
+    torch.manual_seed(0)
+    for t in (1, 2):
+        n, m = stages[t]
+        top = [c[-1] for target, samples in zip(targets, one_round(None, t, None, targets))
+               for c in _counts(samples, target, n)]  # fmt: skip
+        assert max(top) <= m and sum(top) < 0.75 * m * len(top), (t, top)
+
+
+def test_rounds_equal_the_slow_per_pair_restatement(monkeypatch):
+    """Rounds: the first draws for every (ground truth, interval) pair, each later one only for
+    the pairs still short of M / N, 500 candidates per round and what is left of the 1200 in
+    the last; each pair keeps the first M / N of all its candidates, in draw order, that pass
+    the slow filter (clipped, in the interval, no other ground truth overlapping more)."""
+    calls = []
+    select = sampler_module.select_pairs
+
+    def recording(candidates, pair_gt, pair_interval, *args):
+        calls.append((candidates.tolist(), list(zip(pair_gt.tolist(), pair_interval.tolist()))))
+        return select(candidates, pair_gt, pair_interval, *args)
+
+    monkeypatch.setattr(sampler_module, "select_pairs", recording)
+    stage2 = GenerationSettings(  # cascade stage 2, where [0.9, 1.0] needs more than one round
+        intervals=((0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0)),
+        center_shifts=(0.5, 0.3, 0.125, 0.125),
+        scale_ranges=((0.6, 1.6), (0.7, 1.4), (0.8, 1.25), (0.9, 1.25)),
+        num_candidates=500,
+        samples_per_gt=64,
+        max_candidates=1200,
+    )
+    targets = _targets(CROWDED[:3])
+    out = uniform_iou_samples(targets, stage2, torch.Generator().manual_seed(4))
+    gts = targets.gt_boxes.tensor.tolist()
+    kept = {(k, j): [] for k in range(len(gts)) for j in range(4)}
+    filled_late = False
+    for r, (candidates, pairs) in enumerate(calls):
+        assert pairs == [key for key, boxes in kept.items() if len(boxes) < 16], f"round {r + 1}"
+        for (k, j), per_pair in zip(pairs, candidates):
+            assert len(per_pair) == (500, 500, 200)[r]
+            for box in per_pair:
+                box = slow_clip(box, targets.image_size)
+                if box[2] <= box[0] or box[3] <= box[1] or len(kept[(k, j)]) == 16:
+                    continue
+                own = slow_iou(box, gts[k])
+                if slow_in_interval(own, *stage2.intervals[j]) and all(
+                    slow_iou(box, g) <= own for g in gts
+                ):
+                    kept[(k, j)].append(box)
+            filled_late |= r > 0 and len(kept[(k, j)]) == 16
+    assert len(calls) == 3 and filled_late
+    assert any(len(boxes) < 16 for boxes in kept.values())  # 1200 candidates were not enough
+    want = [(box, k, j) for (k, j), boxes in kept.items() for box in boxes]
+    assert out.iou_interval.tolist() == [j for _, _, j in want]
+    assert out.gt_boxes.tensor.tolist() == [gts[k] for _, k, _ in want]
+    got = out.proposal_boxes.tensor
+    assert torch.allclose(got, torch.tensor([b for b, _, _ in want], dtype=got.dtype))
 
 
 def test_candidates_follow_equation_1_ranges():

@@ -1,8 +1,9 @@
 """Training of IoU-Uniform R-CNN against slow re-statements: the classification loss on the sampled
 proposals only, Eq. 2's interval-weighted regression loss and the IoU loss on the generated boxes
-(or, Table 6, on the proposals' positives), Table 5's sample counts, images without ground truth,
-generated boxes that never reach the next stage or the classification samples, the head rule on
-each stage's branch, and the branch off = the core's Faster / Cascade R-CNN."""
+(or, Table 6, on the proposals' positives), at every stage of the Cascade config with the stage's
+own intervals, weights and box encoding times w_t, Table 5's sample counts, images without
+ground truth, generated boxes that never reach the next stage or the classification samples, the
+head rule on each stage's branch, and the branch off = the core's Faster / Cascade R-CNN."""
 
 import math
 
@@ -21,6 +22,7 @@ from iu_helpers import (
     losses_of,
     model_of,
     roi_train_pass,
+    slow_decode,
     slow_deltas,
     slow_interval_index,
     slow_iou,
@@ -109,6 +111,92 @@ def test_losses_equal_the_slow_restatement(reg_samples, iou_samples):
         pairs = [(float(main_iou[i, 0]), slow_iou(main_boxes[i], main_gts[i])) for i in pos]
     iou = sum(slow_smooth_l1(p - t, 0.5) for p, t in pairs) / len(pairs)
     assert math.isclose(float(losses["loss_iou_stage0"]), iou, rel_tol=1e-4)
+
+
+# IoU-Uniform Cascade R-CNN's stages, written out (Base-IoUUniform-Cascade-*.yaml on the core's
+# Cascade R-CNN): the IoU threshold of the stage's labels, its box-regression weights (Sigma,
+# Sigma/2, Sigma/3), its IoU intervals and their weights w_j (Eq. 2), and the stage weight w_t
+# ("decay": 1 / 2^(t-1)).
+CASCADE_STAGES = [
+    (0.5, (10.0, 10.0, 5.0, 5.0), ((0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 1.0)),
+     (1.0, 1.5, 3.0, 3.0), 1.0),
+    (0.6, (20.0, 20.0, 10.0, 10.0), ((0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0)),
+     (1.5, 3.0, 3.0, 3.0), 0.5),
+    (0.7, (30.0, 30.0, 15.0, 15.0), ((0.7, 0.8), (0.8, 0.9), (0.9, 1.0)), (3.0, 3.0, 3.0), 0.25),
+]  # fmt: skip
+
+
+def _slow_labels(proposals, targets, thresh, background):
+    """Each box's class: that of its highest-IoU ground truth (the first of ties) when the IoU
+    is at least ``thresh``, else ``background``."""
+    labels = []
+    for p, t in zip(proposals, targets):
+        gts, classes = t.gt_boxes.tensor.tolist(), t.gt_classes.tolist()
+        for box in p.proposal_boxes.tensor.tolist():
+            ious = [slow_iou(box, g) for g in gts]
+            best = max(range(len(gts)), key=lambda i: (ious[i], -i))
+            labels.append(classes[best] if ious[best] >= thresh else background)
+    return labels
+
+
+def test_cascade_losses_equal_the_slow_restatement():
+    """Every stage t of IoU-Uniform Cascade R-CNN, against CASCADE_STAGES: loss_cls on the
+    stage's boxes labelled at its IoU, Eq. 2 on its generated boxes with its own intervals,
+    interval weights and box-regression weights, the IoU loss, each times w_t; the boxes handed
+    to the next stage are the branch's deltas decoded with the same box-regression weights."""
+    cfg = cfg_of(CASCADE)
+    model = model_of(cfg)
+    spread(model)
+    heads = model.roi_heads
+    losses, records, targets, _, features = roi_train_pass(model, train_batch(cfg))
+    feats = [features[f] for f in heads.box_in_features]
+    k = heads.num_classes
+    assert len(records) == len(CASCADE_STAGES)
+    for t, (thresh, reg_w, intervals, interval_w, stage_w) in enumerate(CASCADE_STAGES):
+        record = records[t]
+        main = record.proposals
+        # classification: cross entropy over the stage's boxes, labelled at the stage's IoU
+        x = fc(heads.box_head[t], heads.box_pooler(feats, [p.proposal_boxes for p in main]))
+        cls = heads.box_predictor[t].cls_score
+        logits = (x @ cls.weight.T + cls.bias).detach()
+        labels = _slow_labels(main, targets, thresh, k)
+        assert labels == [c for p in main for c in p.gt_classes.tolist()], f"stage {t + 1}"
+        assert any(c < k for c in labels) and any(c == k for c in labels)
+        ce = -sum(float(torch.log_softmax(logits[i], 0)[c]) for i, c in enumerate(labels))
+        ce /= len(labels)
+        got = {name: float(losses[f"{name}_stage{t}"]) for name in ("loss_cls", "loss_box_reg",
+                                                                      "loss_iou")}  # fmt: skip
+        assert math.isclose(got["loss_cls"], stage_w * ce, rel_tol=1e-4), (t, got, ce)
+
+        def branch(instances, t=t):
+            pooled = heads.box_pooler(feats, [p.proposal_boxes for p in instances])
+            x = fc(heads.iou_head[t], pooled)
+            pred = heads.iou_predictor[t]
+            deltas = x @ pred.bbox_pred.weight.T + pred.bbox_pred.bias
+            return deltas.tolist(), (x @ pred.iou_pred.weight.T + pred.iou_pred.bias)[:, 0].tolist()
+
+        # Eq. 2 on the stage's generated boxes, averaged over 4 x S deltas, and the IoU loss
+        generated = record.branches["generated"].proposals
+        boxes, gts = _boxes(generated), _gts(generated)
+        deltas, ious = branch(generated)
+        assert len(boxes) > 50
+        reg = iou = 0.0
+        for box, gt, d, predicted in zip(boxes, gts, deltas, ious):
+            own = slow_iou(box, gt)
+            target = slow_deltas(box, gt, reg_w)
+            w = interval_w[slow_interval_index(own, intervals)]
+            reg += w * sum(slow_smooth_l1(d[c] - target[c], 1.0) for c in range(4))
+            iou += slow_smooth_l1(predicted - own, 0.5)
+        reg, iou = stage_w * reg / (4 * len(boxes)), stage_w * iou / len(boxes)
+        assert math.isclose(got["loss_box_reg"], reg, rel_tol=1e-4), (t, got, reg)
+        assert math.isclose(got["loss_iou"], iou, rel_tol=1e-4), (t, got, iou)
+
+        # the boxes the next stage refines: the branch's deltas on the stage's boxes, decoded
+        # with the stage's box-regression weights
+        deltas, _ = branch(main)
+        want = [slow_decode(b, d, reg_w) for b, d in zip(_boxes(main), deltas)]
+        got_boxes = torch.cat([b.detach() for b in record.boxes])
+        assert torch.allclose(got_boxes, torch.tensor(want, dtype=got_boxes.dtype), atol=1e-3)
 
 
 def test_interval_weights_and_normalisation_switches():

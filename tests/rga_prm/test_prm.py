@@ -15,6 +15,7 @@ from rga_prm import hard_ratio_sample
 
 D2_FASTER = ROOT / "configs" / "Baselines" / "faster_rcnn_instant_test.yaml"
 FASTER = ROOT / "configs" / "RGA_PRM" / "faster_rcnn_rga_prm_instant_test.yaml"
+CASCADE = ROOT / "configs" / "RGA_PRM" / "cascade_rcnn_rga_prm_instant_test.yaml"
 ON_CORE = [
     "MODEL.META_ARCHITECTURE", "BoxCascadeRCNN", "MODEL.ROI_HEADS.NAME", "PRMROIHeads",
     "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.5,)",
@@ -41,7 +42,12 @@ def _spread(model):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def _batch(cfg):
+def _batch(cfg, seed=0):
+    """The first batch of the training stream with data seed ``seed`` (images and
+    augmentations fixed, whatever ran before)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = seed
     return next(iter(ZooTrainer.build_train_loader(cfg)))
 
 
@@ -84,6 +90,77 @@ def test_one_module_is_detectron2s_faster_rcnn():
     assert torch.equal(x.pred_classes, y.pred_classes)
     assert torch.allclose(x.scores, y.scores, atol=1e-5)
     assert torch.allclose(x.pred_boxes.tensor, y.pred_boxes.tensor, atol=1e-4)
+
+
+def _literal_losses(logits, deltas, proposals, weights, beta):
+    """Fast R-CNN's losses of one module, written out: softmax cross-entropy over its boxes;
+    smooth L1 (``beta``, 0: L1) of the positives' deltas (class-agnostic, or of the ground-truth
+    class) against Eq. 1's targets, summed over positives and divided by the number of boxes."""
+    labels = torch.cat([p.gt_classes for p in proposals])
+    src = torch.cat([p.proposal_boxes.tensor for p in proposals])
+    dst = torch.cat([p.gt_boxes.tensor for p in proposals])
+    loss_cls = -logits.log_softmax(1)[torch.arange(len(labels)), labels].mean()
+    fg = torch.nonzero(labels < 6).flatten()
+    d = deltas[fg] if deltas.shape[1] == 4 else deltas.view(-1, 6, 4)[fg, labels[fg]]
+    src, dst = src[fg], dst[fg]
+    sw, sh, dw, dh = (src[:, 2] - src[:, 0], src[:, 3] - src[:, 1],
+                      dst[:, 2] - dst[:, 0], dst[:, 3] - dst[:, 1])  # fmt: skip
+    target = torch.stack([
+        weights[0] * ((dst[:, 0] + dw / 2) - (src[:, 0] + sw / 2)) / sw,
+        weights[1] * ((dst[:, 1] + dh / 2) - (src[:, 1] + sh / 2)) / sh,
+        weights[2] * torch.log(dw / sw), weights[3] * torch.log(dh / sh),
+    ], dim=1)  # fmt: skip
+    x = (d - target).abs()
+    per = x if beta == 0 else torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta)
+    return loss_cls, per.sum() / len(labels)
+
+
+@pytest.mark.parametrize(
+    "config,sampling,stage_weights,beta",
+    [(FASTER, "soft", (1.0,), 0.0), (CASCADE, "hard", (1.0, 0.5, 0.25), 1.0)],
+    ids=["faster_soft", "cascade_hard"],
+)
+def test_each_modules_losses_are_its_fast_rcnn_losses_times_the_stage_weight(
+    config, sampling, stage_weights, beta
+):
+    """Every module's losses at every stage against Fast R-CNN's losses written out on the
+    module's own training boxes (its own soft or hard sample at stage 1), times w_t: on Cascade
+    R-CNN (1, 1/2, 1/4) for the 1:9 module as for the box module."""
+    cfg = _cfg(config, "MODEL.PRM.SAMPLING", sampling)
+    model = _model(cfg)
+    _spread(model)
+    model.train()
+    heads = model.roi_heads
+    batch = _batch(cfg)
+    images = model.preprocess_image(batch)
+    targets = [x["instances"] for x in batch]
+    torch.manual_seed(123)
+    with EventStorage(0):
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, targets)
+        losses, records = heads._forward_box_train(features, proposals, targets)
+    feats = [features[f] for f in heads.box_in_features]
+    all_weights = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
+    assert len(records) == len(stage_weights)
+    for t, w in enumerate(stage_weights):
+        modules = {
+            "": (heads.box_head[t], heads.box_predictor[t], records[t].proposals),
+            "_module1": (heads.parallel_box_head[0][t], heads.parallel_box_predictor[0][t],
+                         records[t].branches["module1"].proposals),
+        }  # fmt: skip
+        for suffix, (head, predictor, boxes) in modules.items():
+            logits, deltas = predictor(
+                head(heads.box_pooler(feats, [b.proposal_boxes for b in boxes]))
+            )
+            want = _literal_losses(logits, deltas, boxes, all_weights[t], beta)
+            for name, value in zip(("loss_cls", "loss_box_reg"), want):
+                key = f"{name}{suffix}_stage{t}"
+                assert value > 0, key
+                assert torch.allclose(losses[key], w * value, rtol=1e-4, atol=1e-6), (
+                    key, float(losses[key]), w * float(value))  # fmt: skip
+    if sampling == "hard":  # the 1:9 module's stage-1 sample is its hard ratio, 10% of 64
+        for inst in records[0].branches["module1"].proposals:
+            assert len(inst) == 64 and int((inst.gt_classes < 6).sum()) == 6
 
 
 def _sampled(model, batch):

@@ -1,13 +1,19 @@
-"""RGA: lambda(t) of Eq. 1, and one plain SGD step that moves the R-CNN module's weights by
-lr * lambda * g and every other weight by lr * g."""
+"""RGA (Sec. 3.1, Eq. 1): lambda(t), and training steps through ZooTrainer with momentum, weight
+decay and gradient clipping (per tensor, as the shapes recipe clips, or of the whole model)
+against SGD written out here: the R-CNN module's gradients times lambda(t) (and the cascade's
+head rule), then clipped, then weight decay and momentum."""
 
-import copy
 import json
+import math
+import re
 
 import pytest
 import torch
 from conftest import ROOT, run_train_net
+from detectron2.engine import HookBase
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from cascade_zoo import setup_cfg
 from cascade_zoo.engine import ZooTrainer
@@ -30,58 +36,267 @@ def test_lambda_is_the_papers_linear_annealing():
         rga_schedule(0.5)
 
 
-# Plain SGD, no clipping, no warm-up, and sampling that takes every anchor and proposal (so the
-# step's losses do not depend on random subsampling and can be recomputed).
-PLAIN_SGD = [
-    "SOLVER.MOMENTUM", 0.0, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.WEIGHT_DECAY_BIAS", 0.0,
-    "SOLVER.WEIGHT_DECAY_NORM", 0.0, "SOLVER.CLIP_GRADIENTS.ENABLED", False,
-    "SOLVER.WARMUP_ITERS", 0, "SOLVER.BASE_LR", 0.01, "SOLVER.MAX_ITER", 1,
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 100000, "MODEL.RPN.POSITIVE_FRACTION", 1.0,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 1024, "DATASETS.TEST", "()", "SEED", 3,
+LAMBDA0, STEPS, LR, WD, MOMENTUM = 5.0, 3, 0.01, 0.01, 0.9
+
+# SGD with momentum and weight decay (none on biases and normalisation layers), gradient
+# clipping on, a constant learning rate, RGA from lambda0 = 5 annealed over the 3 steps, the data
+# stream's seed fixed.
+SGD = [
+    "SOLVER.BASE_LR", LR, "SOLVER.MOMENTUM", MOMENTUM, "SOLVER.NESTEROV", False,
+    "SOLVER.WEIGHT_DECAY", WD, "SOLVER.WEIGHT_DECAY_BIAS", 0.0, "SOLVER.WEIGHT_DECAY_NORM", 0.0,
+    "SOLVER.BIAS_LR_FACTOR", 1.0, "SOLVER.WARMUP_ITERS", 0, "SOLVER.STEPS", "()",
+    "SOLVER.MAX_ITER", STEPS, "SOLVER.CHECKPOINT_PERIOD", 1000,
+    "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.NORM_TYPE", 2.0,
+    "MODEL.RGA.ENABLED", True, "MODEL.RGA.LAMBDA0", LAMBDA0, "MODEL.RGA.ANNEAL", True,
+    "DATASETS.TEST", "()", "SEED", 3,
 ]  # fmt: skip
+# Sampling that takes every anchor and every proposal, so that the losses do not depend on
+# random subsampling and can be recomputed.
+ALL_BOXES = [
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 100000, "MODEL.RPN.POSITIVE_FRACTION", 1.0,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 1024,
+    "MODEL.BOX_CASCADE.PARALLEL.POSITIVE_FRACTIONS", "[1.0, 1.0]",
+]  # fmt: skip
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
 
 
-@pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster_prm", "cascade_prm"])
-def test_one_sgd_step_scales_only_the_rcnn_gradients(config, tmp_path):
-    # positive fraction 1.0 for every module: each takes every proposal, in any order
-    opts = [*PLAIN_SGD, "MODEL.BOX_CASCADE.PARALLEL.POSITIVE_FRACTIONS", "[1.0, 1.0]",
-            "MODEL.RGA.LAMBDA0", 5.0, "OUTPUT_DIR", tmp_path]  # fmt: skip
-    cfg = setup_cfg(str(config), [str(o) for o in opts])
+def _lambda(t):
+    """lambda(t) of Eq. 1, written out: lambda0 - (lambda0 - 1) t / T."""
+    return LAMBDA0 - (LAMBDA0 - 1.0) * t / STEPS
+
+
+def _clip(grads, clip_type, value):
+    """Gradient clipping written out: "norm" scales each tensor by min(1, value / ||g||)
+    (Detectron2's), "full_model" every tensor by min(1, value / ||all gradients||); the norms
+    with torch's 1e-6."""
+    if clip_type == "norm":
+        return {n: g * min(1.0, value / (g.norm().item() + 1e-6)) for n, g in grads.items()}
+    assert clip_type == "full_model"
+    total = math.sqrt(sum(g.double().pow(2).sum().item() for g in grads.values()))
+    return {n: g * min(1.0, value / (total + 1e-6)) for n, g in grads.items()}
+
+
+def _sgd(weights, grads, buffers, no_decay):
+    """torch's SGD step (dampening 0, no Nesterov) written out, in place: d = g + wd w;
+    b = d at a parameter's first step, else momentum b + d; w = w - lr b."""
+    for n, g in grads.items():
+        d = g + (0.0 if n in no_decay else WD) * weights[n]
+        buffers[n] = d if n not in buffers else MOMENTUM * buffers[n] + d
+        weights[n] = weights[n] - LR * buffers[n]
+
+
+class _Snapshots(HookBase):
+    """The model's weights after every step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def after_step(self):
+        model = self.trainer.model
+        self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
+def _train_and_replay(cfg, raw_gradients, factor):
+    """STEPS steps of ZooTrainer (its optimizer, its RGA hook), recording the weights after each,
+    and each step written out from the trainer's weights before it: ``raw_gradients(weights,
+    batch)`` (the loss's gradients at those weights, by name), each times ``factor(name, t)``,
+    clipped, then SGD with the momentum carried over from the written-out steps before. (The
+    gradients are taken at the trainer's own weights: elsewhere the RPN's proposals, and so the
+    losses, could change.) Asserts the trainer's weights after each step are the written-out
+    ones; returns (the model, step 1's raw gradients)."""
     trainer = ZooTrainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model
-    reference = copy.deepcopy(model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = next(iter(ZooTrainer.build_train_loader(cfg)))  # the stream's first batch
-    reference.train()
-    with EventStorage(0):
-        sum(reference(batch).values()).backward()
-    grads = {n: p.grad for n, p in reference.named_parameters()}
-    rcnn = set(rga_parameter_names(model))
-    assert rcnn and all(n.startswith("roi_heads.") for n in rcnn)
-    assert any(n.startswith("roi_heads.parallel_box_predictor.") for n in rcnn)
-    assert not any(n.startswith(("backbone.", "proposal_generator.")) for n in rcnn)
+    snapshots = _Snapshots()
+    trainer.register_hooks([snapshots])
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    no_decay = {f"{m}.{n}" if m else n for m, module in model.named_modules()
+                for n, _ in module.named_parameters(recurse=False)
+                if n == "bias" or isinstance(module, NORM_LAYERS)}  # fmt: skip
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    trainer.train()
+    assert len(snapshots.weights) == STEPS
+    logged = [v for v, _ in trainer.storage.history("rga_lambda").values()]
+    assert logged == pytest.approx([_lambda(t) for t in range(STEPS)])  # 5, 11/3, 7/3
 
-    # the cascade's head rule (1/w_t on stage t's head, a gradient hook installed when the model
-    # is built, which the deep copy does not carry) multiplies with lambda
-    rule = {f"roi_heads.{n}": f for n, f in model.roi_heads.head_gradient_multipliers().items()}
-    assert (config == CASCADE) == any(f != 1.0 for f in rule.values())
-    trainer.train()  # one step, lambda(0) = lambda0 = 5
-    checked = {"rcnn": 0, "other": 0}
-    for name, p in model.named_parameters():
-        if grads[name] is None:
-            continue
-        factor = (5.0 if name in rcnn else 1.0) * rule.get(name, 1.0)
-        want = before[name] - 0.01 * factor * grads[name]
-        scale = (0.01 * factor * grads[name]).abs().max().item()
-        assert torch.allclose(p.detach(), want, atol=1e-4 * scale + 1e-9), name
-        checked["rcnn" if name in rcnn else "other"] += 1
-    assert checked["rcnn"] > 0 and checked["other"] > 0
-    assert trainer.storage.history("rga_lambda").latest() == 5.0
+    batches = iter(ZooTrainer.build_train_loader(cfg))  # the trainer's stream
+    buffers = {}
+    for t in range(STEPS):
+        before = initial if t == 0 else {n: snapshots.weights[t - 1][n] for n in initial}
+        raw = raw_gradients(before, next(batches))
+        if t == 0:
+            first = raw
+        scaled = {n: g * factor(n, t) for n, g in raw.items()}
+        weights = dict(before)
+        _sgd(weights, _clip(scaled, clip.CLIP_TYPE, clip.CLIP_VALUE), buffers, no_decay)
+        for n, want in weights.items():
+            got = snapshots.weights[t][n]
+            # float32 rounding: of the step's sums, and of the weights themselves
+            step = (want - before[n]).abs().max().item()
+            atol = 1e-3 * step + 4 * torch.finfo(torch.float32).eps * want.abs().max().item()
+            assert torch.allclose(got, want, rtol=0, atol=atol), (
+                f"step {t + 1}: {n} differs by {(got - want).abs().max().item():.3g} "
+                f"(step {step:.3g})"
+            )
+    return model, first
+
+
+# ------------------------------------------------------------------ a model differentiated by hand
+
+
+class _RGATinyDetector(nn.Module):
+    """A "detector" whose loss the test writes out: a backbone, a box head and a box predictor
+    (named as Detectron2's StandardROIHeads names them, which RGA takes as the R-CNN module) on
+    each image's mean colour, fitted to (number of objects / 20, 0.5) by squared error."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.backbone = nn.Linear(3, 4)
+        self.roi_heads = nn.Module()
+        self.roi_heads.box_head = nn.Linear(4, 4)
+        self.roi_heads.box_predictor = nn.Linear(4, 2)
+
+    def forward(self, batched_inputs):
+        x, y = _tiny_inputs(batched_inputs)
+        heads = self.roi_heads
+        out = heads.box_predictor(torch.tanh(heads.box_head(torch.tanh(self.backbone(x)))))
+        return {"loss_fit": ((out - y) ** 2).mean()}
+
+
+if "_RGATinyDetector" not in META_ARCH_REGISTRY:
+    META_ARCH_REGISTRY.register(_RGATinyDetector)
+
+
+def _tiny_inputs(batch):
+    """(N, 3) mean colours in [0, 1] and (N, 2) targets of a batch of training images."""
+    x = torch.stack([b["image"].float().mean(dim=(1, 2)) / 255.0 for b in batch])
+    y = torch.tensor([[len(b["instances"]) / 20.0, 0.5] for b in batch])
+    return x, y
+
+
+def _tiny_loss_gradients(weights, batch):
+    """The tiny detector's loss written out on plain tensors, differentiated."""
+    w = {n: v.detach().clone().requires_grad_(True) for n, v in weights.items()}
+    x, y = _tiny_inputs(batch)
+    h = torch.tanh(x @ w["backbone.weight"].T + w["backbone.bias"])
+    h = torch.tanh(h @ w["roi_heads.box_head.weight"].T + w["roi_heads.box_head.bias"])
+    out = h @ w["roi_heads.box_predictor.weight"].T + w["roi_heads.box_predictor.bias"]
+    loss = ((out - y) ** 2).mean()
+    return dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
+
+
+@pytest.mark.parametrize("clip_type,clip_value", [("norm", 2.0), ("full_model", 2.0)])
+def test_rga_lambda_reaches_the_sgd_update_of_a_model_differentiated_by_hand(
+    clip_type, clip_value, tmp_path
+):
+    """Three ZooTrainer steps of a tiny model with momentum 0.9, weight decay and clipping: the
+    weights are those of SGD written out with the loss's own gradients, lambda(t) = 5, 11/3, 7/3
+    on the box head's and predictor's before clipping, 1 on the backbone's."""
+    opts = [*SGD, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type,
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", clip_value,
+            "MODEL.META_ARCHITECTURE", "_RGATinyDetector", "OUTPUT_DIR", tmp_path]  # fmt: skip
+    cfg = setup_cfg(str(FASTER), [str(o) for o in opts])
+    rcnn = {"roi_heads.box_head.weight", "roi_heads.box_head.bias",
+            "roi_heads.box_predictor.weight", "roi_heads.box_predictor.bias"}  # fmt: skip
+
+    def factor(name, t):
+        return _lambda(t) if name in rcnn else 1.0
+
+    torch.manual_seed(0)
+    model, raw = _train_and_replay(cfg, _tiny_loss_gradients, factor)
+    assert set(rga_parameter_names(model)) == rcnn
+    _check_lambda_is_visible(raw, rcnn, (clip_type, clip_value))
+
+
+def _check_lambda_is_visible(raw, rcnn, clip):
+    """The first step's gradient update with lambda = 1, or with lambda applied after clipping,
+    differs from the one with lambda(0) before clipping: the tests could not pass without lambda
+    where it belongs. With per-tensor clipping, some R-CNN tensor is under the limit (lambda
+    shows in full) and some tensor is clipped; with whole-model clipping, the model is clipped
+    (lambda then shows in the other tensors' share of the clipped norm)."""
+    clip_type, value = clip
+
+    def lam(n):
+        return LAMBDA0 if n in rcnn else 1.0
+
+    def update(before, after):  # -lr x the clipped gradients, ``before`` / ``after`` clipping
+        clipped = _clip({n: g * before(n) for n, g in raw.items()}, clip_type, value)
+        return {n: -LR * g * after(n) for n, g in clipped.items()}
+
+    def gap(a, b, names):
+        return max((a[n] - b[n]).abs().max().item() / a[n].abs().max().item() for n in names)
+
+    right = update(lam, lambda n: 1.0)
+    assert gap(right, update(lambda n: 1.0, lambda n: 1.0), set(raw)) > 0.5
+    assert gap(right, update(lambda n: 1.0, lam), set(raw)) > 0.1
+    scaled = {n: (g * lam(n)).norm().item() for n, g in raw.items()}
+    if clip_type == "norm":
+        assert any(scaled[n] < value for n in rcnn & set(raw)), scaled
+        assert any(v > value for v in scaled.values()), scaled
+    else:
+        assert math.sqrt(sum(v**2 for v in scaled.values())) > value, scaled
+
+
+# ------------------------------------------------------------------ the detectors of the paper
+
+
+def _rule(name):
+    """The cascade's head rule written out: stage t's heads and predictors (also the parallel
+    modules') at 1 / w_t = 2^t (the "decay" weights); 1 elsewhere and on a one-stage model."""
+    m = re.match(r"roi_heads\.(?:parallel_)?box_(?:head|predictor)\.(?:\d+\.)?(\d+)\.", name)
+    return 2.0 ** int(m.group(1)) if m else 1.0
+
+
+@pytest.mark.parametrize(
+    "config,clip_type,clip_value",
+    [(FASTER, "norm", 2.0), (CASCADE, "full_model", 2.0)],
+    ids=["faster_prm_norm", "cascade_prm_full_model"],
+)
+def test_rga_lambda_reaches_the_sgd_update_of_the_detectors(
+    config, clip_type, clip_value, tmp_path
+):
+    """Three ZooTrainer steps of Faster R-CNN + PRM and Cascade R-CNN + PRM with momentum 0.9,
+    weight decay and clipping, against SGD written out from the losses' gradients (taken from a
+    second model, built without RGA and without the head rule, at the trainer's weights): every
+    box head's and predictor's gradient (every stage, every parallel module) times lambda(t) and,
+    on the cascade, times 1/w_t, before clipping; every other gradient as it is."""
+    opts = [*SGD, *ALL_BOXES, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type,
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", clip_value, "OUTPUT_DIR", tmp_path]  # fmt: skip
+    cfg = setup_cfg(str(config), [str(o) for o in opts])
+    plain_cfg = setup_cfg(str(config), [str(o) for o in opts] + [
+        "MODEL.RGA.ENABLED", "False", "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", "False"])  # fmt: skip
+    plain = ZooTrainer.build_model(plain_cfg)
+    plain.train()
+    params = dict(plain.named_parameters())
+
+    def raw_gradients(weights, batch):
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        plain.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        with EventStorage(0):
+            sum(plain(batch).values()).backward()
+        return {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+
+    # the R-CNN module: every box head and predictor, of every stage and parallel module
+    rcnn = {n for n in params if re.match(r"roi_heads\.(parallel_)?box_(head|predictor)\.", n)}
+
+    def factor(name, t):
+        return (_lambda(t) if name in rcnn else 1.0) * _rule(name)
+
+    torch.manual_seed(0)
+    model, raw = _train_and_replay(cfg, raw_gradients, factor)
+    assert set(rga_parameter_names(model)) == rcnn
+    assert any(n.startswith("roi_heads.parallel_box_predictor.") for n in rcnn)
+    assert (config == CASCADE) == any(_rule(n) != 1.0 for n in rcnn)
+    rule_raw = {n: g * _rule(n) for n, g in raw.items()}
+    _check_lambda_is_visible(rule_raw, rcnn, (clip_type, clip_value))
 
 
 def test_lambda_is_logged_by_train_net(tmp_path):
-    run_train_net("--config-file", FASTER, "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path)
+    run_train_net("--config-file", FASTER, "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path,
+                  "SEED", 0)  # fmt: skip
     rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     last = rows[-1]
     # 4 iterations, lambda0 7: the last step (t = 3) uses 7 - 6 * 3 / 4
