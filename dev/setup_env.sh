@@ -15,8 +15,13 @@
 #     PyPI's pb1-detectron2==0.6, Python-only, with the pins v0.6 needs
 #     (dev/requirements-detectron2-v0.6.txt);
 #   - dev/requirements.txt and this project, editable.
-# Switching between the two (another $PYTHON) rebuilds the venv. Only package registries are
-# contacted (pip's configured indexes); no git URLs.
+# The venv records its mode (.cascade-zoo-mode: "fallback", or "python-env <interpreter>") and
+# keeps it: a later run without $PYTHON set uses the recorded interpreter (or the fallback) again,
+# instead of deciding anew from python3. Switching modes rebuilds the venv, and happens only when
+# asked: $PYTHON set (the mode follows from what it imports, as on the first run) or
+# CASCADE_ZOO_SETUP_MODE=auto (decide from $PYTHON, default python3), fallback or python-env
+# (which needs $PYTHON, or the recorded interpreter, to import torch, torchvision and detectron2).
+# Only package registries are contacted (pip's configured indexes); no git URLs.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,37 +32,92 @@ torch_pkgs=${CASCADE_ZOO_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
 d2_fallback="pb1-detectron2==0.6"
 cache=$root/.cache/setup
 stamp=$venv/.cascade-zoo-setup
+mode_file=$venv/.cascade-zoo-mode
 
 log() { echo "[setup] $*"; }
+fail() {
+    echo "[setup] error: $*" >&2
+    exit 1
+}
+
+# The mode asked for: CASCADE_ZOO_SETUP_MODE, else "auto" when $PYTHON is set or the venv records
+# no mode, else "keep" (the recorded one, with its interpreter).
+recorded=""
+if [ -x "$venv/bin/python" ] && [ -f "$mode_file" ]; then
+    recorded=$(cat "$mode_file")
+fi
+request=${CASCADE_ZOO_SETUP_MODE:-}
+if [ -z "$request" ]; then
+    if [ -n "${PYTHON:-}" ] || [ -z "$recorded" ]; then request=auto; else request=keep; fi
+fi
+case "$request" in
+keep)
+    case "$recorded" in
+    "python-env "*) python=${recorded#python-env } ;;
+    fallback) ;;
+    *) fail "$mode_file holds '$recorded', not a mode; set CASCADE_ZOO_SETUP_MODE" ;;
+    esac
+    ;;
+auto | fallback | python-env) ;;
+*) fail "CASCADE_ZOO_SETUP_MODE=$request: expected auto, fallback or python-env" ;;
+esac
 
 # What $PYTHON offers, cheaply (find_spec does not import): part of the fingerprint, so another
 # $PYTHON, or Detectron2 appearing in it, makes the set-up run again.
 python_env=$("$python" -c 'import importlib.util as u, sys
-print(sys.executable, all(u.find_spec(m) for m in ("torch", "torchvision", "detectron2")))')
+print(sys.executable, all(u.find_spec(m) for m in ("torch", "torchvision", "detectron2")))' \
+    2>/dev/null || echo "$python missing")
+# The mode this run means to set up, as cheaply (a mode asked for that differs from the recorded
+# one must not pass for up to date).
+case "$request:$python_env" in
+keep:*) target=$recorded ;;
+fallback:*) target=fallback ;;
+*" True") target="python-env ${python_env% True}" ;;
+*) target=fallback ;;
+esac
 fingerprint=$({
     cat dev/setup_env.sh dev/requirements.txt dev/requirements-detectron2-v0.6.txt \
         dev/detectron2_C_stub.py setup.py
-    echo "$torch_pkgs $python_env"
+    echo "$torch_pkgs $python_env $target"
 } | sha256sum | cut -c1-16)
+if [ "$request" = keep ]; then
+    log "keeping the mode $venv was made in: $recorded (set PYTHON=... or" \
+        "CASCADE_ZOO_SETUP_MODE=auto|fallback|python-env to change it)"
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fingerprint" ] &&
     "$venv/bin/python" -c "import detectron2, cascade_zoo" >/dev/null 2>&1; then
     log "$venv is up to date"
     exit 0
 fi
 
+# The mode to set up: "python-env <interpreter>" if $python provides torch and Detectron2 and
+# the fallback is not asked for (or kept), else "fallback"; python-env asked for (or kept) with an
+# interpreter that does not provide them is an error, not a silent switch to the fallback.
+want_env=1
+case "$request" in
+fallback) want_env=0 ;;
+keep) [ "$recorded" = fallback ] && want_env=0 ;;
+esac
 env_d2=0
-if "$python" -c "import torch, torchvision, detectron2" >/dev/null 2>&1; then
+if [ "$want_env" = 1 ] && "$python" -c "import torch, torchvision, detectron2" >/dev/null 2>&1; then
     env_d2=1
     log "using the Detectron2 and torch importable from $python: $("$python" -c \
         'import detectron2, os; print(os.path.dirname(detectron2.__file__))')"
     mode="python-env $("$python" -c 'import sys; print(sys.executable)')"
+elif [ "$want_env" = 1 ] && [ "$request" = keep ]; then
+    fail "$venv was made from the torch and Detectron2 of $python, which does not import them" \
+        "now (or is gone). Give the environment's interpreter as PYTHON=..., or rebuild $venv" \
+        "with the Python-only Detectron2: CASCADE_ZOO_SETUP_MODE=fallback"
+elif [ "$want_env" = 1 ] && [ "$request" = python-env ]; then
+    fail "CASCADE_ZOO_SETUP_MODE=python-env, but $python does not import torch, torchvision" \
+        "and detectron2; give an interpreter that does as PYTHON=..."
 else
     mode="fallback"
 fi
 
-# The venv is rebuilt when it was made for the other mode (or another $PYTHON). Venvs made before
+# The venv is rebuilt when it was made for the other mode (or another $PYTHON): only when asked,
+# since without $PYTHON or CASCADE_ZOO_SETUP_MODE the recorded mode is kept. Venvs made before
 # this mode file existed were fallback ones.
-mode_file=$venv/.cascade-zoo-mode
 if [ -x "$venv/bin/python" ] && [ "$(cat "$mode_file" 2>/dev/null || echo fallback)" != "$mode" ]; then
     if [ ! -f "$stamp" ] && [ ! -f "$mode_file" ]; then
         echo "[setup] $venv exists but was not made by dev/setup_env.sh; remove it or set" \

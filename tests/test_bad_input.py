@@ -12,6 +12,7 @@ from detectron2.data import MetadataCatalog
 
 from cascade_zoo import setup_cfg
 from cascade_zoo.data import BadImageError, check_dataset_files, register_coco_dataset
+from cascade_zoo.data.stream import check_total_batch_size
 from cascade_zoo.engine import ZooTrainer
 
 CONFIG = str(INSTANT / "faster_rcnn_instant_test.yaml")
@@ -36,6 +37,27 @@ def test_bad_image_policy_value_is_checked(tmp_path):
     cfg = setup_cfg(CONFIG, ["ZOO.ON_BAD_IMAGE", "ignore", "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(ValueError, match="ZOO.ON_BAD_IMAGE"):
         ZooTrainer.build_train_loader(cfg)
+
+
+@pytest.mark.parametrize("batch", ["0", "-2"])
+def test_a_batch_size_below_one_is_refused_at_start(batch, tmp_path, monkeypatch):
+    cfg = setup_cfg(CONFIG, ["SOLVER.IMS_PER_BATCH", batch, "OUTPUT_DIR", str(tmp_path)])
+
+    def build_model(cfg):
+        raise AssertionError("the model was built before SOLVER.IMS_PER_BATCH was checked")
+
+    monkeypatch.setattr(ZooTrainer, "build_model", build_model)
+    expected = rf"SOLVER.IMS_PER_BATCH is {batch}: .* positive multiple of the number of processes"
+    with pytest.raises(ValueError, match=expected):
+        ZooTrainer(cfg)
+    with pytest.raises(ValueError, match=expected):
+        ZooTrainer.build_train_loader(cfg)
+
+
+def test_a_batch_size_not_divisible_by_the_processes_names_the_key():
+    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH is 3: .*processes \(2\)"):
+        check_total_batch_size(3, 2)
+    check_total_batch_size(4, 2)
 
 
 @pytest.fixture()

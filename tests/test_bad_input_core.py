@@ -3,6 +3,7 @@ wrong, or a correct result (docs/reliability.md lists them all with what each ge
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from cascade_zoo import setup_cfg
-from cascade_zoo.data import check_dataset_files, register_coco_dataset
+from cascade_zoo.data import BadImageError, check_dataset_files, register_coco_dataset
 from cascade_zoo.engine import ZooTrainer
 
 CORE = str(ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml")
@@ -234,6 +235,92 @@ def test_a_json_file_that_is_not_coco(tmp_path, content):
     register_coco_dataset(name, tmp_path / "x.json", tmp_path / "images")
     with pytest.raises(ValueError, match=r"x\.json' is not a COCO instances file"):
         DatasetCatalog.get(name)
+
+
+def test_duplicate_image_ids_name_the_file_and_the_id(tmp_path):
+    def edit(data, _):
+        data["images"][1]["id"] = data["images"][0]["id"]
+
+    name = make_dataset(tmp_path, edit)
+    _, data = _tiny()
+    first, second = (data["images"][i]["file_name"] for i in (0, 1))
+    expected = (
+        rf"ann\.json' has two images with id {data['images'][0]['id']} "
+        rf"\('{re.escape(first)}' and '{re.escape(second)}'\): ids must be unique"
+    )
+    with pytest.raises(ValueError, match=expected):
+        DatasetCatalog.get(name)
+
+
+def test_duplicate_category_ids_name_the_file_and_the_id(tmp_path):
+    def edit(data, _):
+        data["categories"][1]["id"] = data["categories"][0]["id"]
+
+    name = make_dataset(tmp_path, edit)
+    _, data = _tiny()
+    names = [c["name"] for c in data["categories"][:2]]
+    expected = (
+        rf"ann\.json' has two categories with id {data['categories'][0]['id']} "
+        rf"\('{names[0]}' and '{names[1]}'\)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        DatasetCatalog.get(name)
+
+
+def test_a_bad_test_dataset_stops_training_at_start(tmp_path, monkeypatch):
+    def edit(data, _):
+        data["categories"][1]["id"] = data["categories"][0]["id"]
+
+    name = make_dataset(tmp_path, edit)
+    cfg = setup_cfg(CORE, ["DATASETS.TEST", f"('{name}',)", "OUTPUT_DIR", str(tmp_path / "out")])
+
+    def build_model(cfg):
+        raise AssertionError("the model was built before the test dataset was checked")
+
+    monkeypatch.setattr(ZooTrainer, "build_model", build_model)
+    with pytest.raises(ValueError, match=r"ann\.json' has two categories with id"):
+        ZooTrainer(cfg)
+
+
+@pytest.mark.parametrize("problem", ["three_numbers", "no_bbox"])
+def test_a_bad_bbox_names_the_file_image_and_annotation(tmp_path, problem):
+    bad = {}
+
+    def edit(data, _):
+        image, anns = _first_anns(data)
+        if problem == "three_numbers":
+            anns[0]["bbox"] = anns[0]["bbox"][:3]
+        else:
+            del anns[0]["bbox"]
+        bad.update(image_id=image["id"], file_name=image["file_name"], ann_id=anns[0]["id"])
+
+    name = make_dataset(tmp_path, edit)
+    what = r"has bbox \[[^,]+, [^,]+, [^,]+\]" if problem == "three_numbers" else "has no 'bbox'"
+    expected = (
+        rf"ann\.json', image id {bad['image_id']} \('{re.escape(bad['file_name'])}'\), "
+        rf"annotation id {bad['ann_id']} {what}: a COCO box is 4 numbers"
+    )
+    with pytest.raises(ValueError, match=expected):
+        DatasetCatalog.get(name)
+
+
+def test_a_16_bit_image_names_the_file_and_its_mode(tmp_path):
+    def edit(data, images):
+        image, _ = _first_anns(data)
+        gray = np.asarray(Image.open(images / image["file_name"]).convert("L"))
+        Image.fromarray(gray.astype(np.uint16) * 257).save(images / "deep.png")  # 16-bit PNG
+        image["file_name"] = "deep.png"
+
+    name = make_dataset(tmp_path, edit, num_images=1)
+    record = DatasetCatalog.get(name)[0]
+    assert Image.open(record["file_name"]).mode in ("I", "I;16")
+    from cascade_zoo.data import CheckedDatasetMapper
+
+    mapper = CheckedDatasetMapper(setup_cfg(CORE), is_train=False)
+    with pytest.raises(
+        BadImageError, match=r"deep\.png' has more than 8 bits per pixel \(PIL mode"
+    ):
+        mapper(record)
 
 
 # ----------------------------------------------------------------- configs

@@ -96,3 +96,50 @@ def test_video(tmp_path, shapes_images, demo_log):
 
     assert demo.main([*ARGS, "--video-input", str(tmp_path / "bad.mp4")]) == 1
     assert "bad.mp4: cannot read video" in "\n".join(demo_log)
+
+
+@pytest.mark.parametrize("form", ["--opts", "after --input", "trailing"])
+def test_config_overrides_in_every_form(form, tmp_path, shapes_images):
+    """Detectron2's --opts KEY VALUE, and the older trailing KEY VALUE, also right after --input's
+    files (which once took them as inputs): the override reaches the config."""
+    missing = str(tmp_path / "missing.pth")
+    inputs = ["--input", shapes_images[0]]
+    argv = {
+        "--opts": [*ARGS, *inputs, "--opts", "MODEL.WEIGHTS", missing],
+        "after --input": [*ARGS, *inputs, "MODEL.WEIGHTS", missing],
+        "trailing": [*ARGS, *inputs, "--output", str(tmp_path), "MODEL.WEIGHTS", missing],
+    }[form]
+    with pytest.raises(SystemExit, match=f"MODEL.WEIGHTS '{missing}' does not exist"):
+        demo.main(argv)
+
+
+def test_a_model_zoo_name_the_zoo_lacks_says_where_it_looked(tmp_path, shapes_images, monkeypatch):
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    argv = [*ARGS, "--input", shapes_images[0], "--opts", "MODEL.WEIGHTS", "cascade_zoo://A/b.pth"]
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(argv)
+    assert f"looked for cascade_zoo://A/b.pth at:\n    {tmp_path / 'zoo' / 'A' / 'b.pth'}" in str(
+        stopped.value.code
+    )
+    assert "CASCADE_ZOO_MODEL_ZOO" in str(stopped.value.code)
+
+
+def test_config_overrides_of_every_form_are_collected_in_order():
+    import argparse
+
+    from cascade_zoo.predictor import add_config_arguments, config_overrides
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    parser.add_argument("--input", nargs="+", default=[])
+    parser.add_argument("--output")
+    argv = ["--config-file", "c.yaml", "--input", "a.png", "MODEL.WEIGHTS", "w.pth"]
+    argv += ["--output", "o", "SEED", "3", "--opts", "TEST.X", "1"]
+    args = parser.parse_args(argv)
+    assert config_overrides(parser, args, "input") == [
+        "MODEL.WEIGHTS", "w.pth", "SEED", "3", "TEST.X", "1"
+    ]  # fmt: skip
+    assert args.input == ["a.png"] and args.output == "o"
+    args = parser.parse_args(["--config-file", "c.yaml", "SEED", "3", "--input", "a.png"])
+    with pytest.raises(SystemExit):  # an option after the overrides: an error saying so
+        config_overrides(parser, args, "input")

@@ -54,12 +54,12 @@ def _model_with_varied_counts(config):
 @pytest.mark.parametrize("config,fmt", CASES, ids=[f"{c}-{f}" for c, f in CASES])
 def test_exported_detections_equal_eager_mode(config, fmt, tmp_path):
     model, images, _ = _model_with_varied_counts(config)
-    traced, rebuild = export_model.trace(model, images[0])
+    traced, rebuild, names = export_model.trace(model, images[0])
     if fmt == "torchscript":
         traced.save(str(tmp_path / "model.ts"))
         run = torch.jit.load(str(tmp_path / "model.ts"))
     else:
-        export_model.export_onnx(traced, images[0], str(tmp_path / "model.onnx"))
+        export_model.export_onnx(traced, images[0], str(tmp_path / "model.onnx"), names)
         run = export_model.onnx_runner(str(tmp_path / "model.onnx"))
     counts, sizes = set(), set()
     for image in images:
@@ -87,14 +87,45 @@ def test_compare_instances_rejects_a_moved_box():
     assert export_model.compare_instances(a, b)["pred_boxes"] == pytest.approx(1e-3, rel=1e-2)
 
 
-def test_export_tool_writes_and_checks_an_onnx_model_with_masks(tmp_path):
+def _onnx_names(path):
+    """(input names, output names) of an ONNX file: read with onnx if installed, else from the
+    graph onnxruntime loads."""
+    try:
+        import onnx
+    except ImportError:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    graph = onnx.load(str(path)).graph
+    return [i.name for i in graph.input], [o.name for o in graph.output]
+
+
+def test_export_tool_writes_and_checks_an_onnx_model_with_masks(tmp_path, monkeypatch):
+    """--opts, a model-zoo name as MODEL.WEIGHTS (cascade_zoo://), named ONNX inputs/outputs."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     config = "CascadeRCNN/cascade_mask_rcnn_instant_test.yaml"
     model, _, threshold = _model_with_varied_counts(config)
-    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("weights")
+    zoo = tmp_path / "zoo"
+    (zoo / "mine").mkdir(parents=True)
+    DetectionCheckpointer(model, save_dir=str(zoo / "mine")).save("weights")
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(zoo))
     argv = ["--config-file", str(ROOT / "configs" / config), "--output", str(tmp_path)]
-    argv += ["--format", "onnx", "--check", "MODEL.WEIGHTS", str(tmp_path / "weights.pth")]
+    argv += [
+        "--format",
+        "onnx",
+        "--check",
+        "--opts",
+        "MODEL.WEIGHTS",
+        "cascade_zoo://mine/weights.pth",
+    ]
     argv += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)]
     assert export_model.main(argv) == 0
-    assert (tmp_path / "model.onnx").is_file()
+    inputs, outputs = _onnx_names(tmp_path / "model.onnx")
+    assert inputs == ["image"]
+    assert outputs == ["pred_boxes", "scores", "pred_classes", "pred_masks"]
+    # a model-zoo name that is not there stops before anything is built, saying where it looked
+    argv[argv.index("cascade_zoo://mine/weights.pth")] = "cascade_zoo://mine/other.pth"
+    with pytest.raises(SystemExit, match=f"looked for cascade_zoo://mine/other.pth at:\n    {zoo}"):
+        export_model.main(argv)

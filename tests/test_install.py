@@ -114,3 +114,30 @@ def test_setup_uses_the_detectron2_of_a_virtualenv_given_as_python(tmp_path):
         ["bash", ROOT / "dev" / "setup_env.sh"], env=env, stdout=subprocess.PIPE, text=True
     )
     assert again.returncode == 0 and "is up to date" in again.stdout
+
+    # `make setup` without PYTHON= keeps the mode the venv was made in (it once rebuilt it in
+    # the fallback mode, since python3 has no Detectron2)
+    def setup(**changes):
+        run_env = {k: v for k, v in env.items() if k != "PYTHON"}
+        run_env.update(changes)
+        return subprocess.run(
+            ["bash", ROOT / "dev" / "setup_env.sh"], env=run_env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600,
+        )  # fmt: skip
+
+    kept = setup()
+    assert kept.returncode == 0, kept.stdout[-4000:]
+    assert f"keeping the mode {venv} was made in: python-env" in kept.stdout
+    assert "is up to date" in kept.stdout and "rebuilding" not in kept.stdout
+    # asking for python-env with an interpreter without Detectron2: an error, nothing rebuilt
+    no_d2 = setup(PYTHON=str(user_env / "no-d2-python"), CASCADE_ZOO_SETUP_MODE="python-env")
+    assert no_d2.returncode == 1 and "CASCADE_ZOO_SETUP_MODE=python-env, but" in no_d2.stdout
+    # the recorded interpreter is gone: an error saying how to go on, not a silent fallback
+    mode_file = venv / ".cascade-zoo-mode"
+    recorded = mode_file.read_text()
+    mode_file.write_text(f"python-env {tmp_path / 'gone' / 'python'}\n")
+    gone = setup()
+    assert gone.returncode == 1 and "CASCADE_ZOO_SETUP_MODE=fallback" in gone.stdout, gone.stdout
+    assert (venv / "bin" / "python").exists()
+    mode_file.write_text(recorded)
+    assert setup(CASCADE_ZOO_SETUP_MODE="other").returncode == 1

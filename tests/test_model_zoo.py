@@ -83,15 +83,130 @@ def test_config_file_and_config():
     assert cfg.SOLVER.MAX_ITER == 4 and not cfg.is_frozen()
 
 
-def test_checkpoint_url_needs_a_trained_model(zoo):
-    with pytest.raises(RuntimeError, match="no trained model"):
-        model_zoo.get_checkpoint_url(CONFIG)
+def test_checkpoint_url_needs_the_checkpoint_file(zoo, monkeypatch):
+    """A result file alone is not a model: the error says where the zoo looked, how to point it
+    elsewhere, and the command that trains the model with the time it took."""
+    monkeypatch.setattr(model_zoo, "SHIPPED_DIR", zoo / "shipped")
     result = zoo / "results" / "Baselines" / "faster_rcnn_instant_test" / "seed2.json"
     result.parent.mkdir(parents=True)
-    result.write_text("{}")
-    assert model_zoo.get_checkpoint_url(CONFIG, seed=2) == (
-        "cascade_zoo://Baselines/faster_rcnn_instant_test/seed2/model_final.pth"
+    command = (
+        "python train_net.py --config-file configs/Baselines/faster_rcnn_instant_test.yaml "
+        "--resume OUTPUT_DIR /somewhere/else SEED 2 MODEL.DEVICE cpu"
     )
+    result.write_text(
+        json.dumps({"command": command, "wall_time_s": 754.6, "max_iter": 4, "device": "cpu"})
+    )
+    with pytest.raises(RuntimeError) as error:
+        model_zoo.get_checkpoint_url(CONFIG, seed=2)
+    message = str(error.value)
+    name = "Baselines/faster_rcnn_instant_test/seed2/model_final.pth"
+    assert f"looked for cascade_zoo://{name}" in message
+    assert str(zoo / "zoo" / name) in message and str(zoo / "shipped" / name) in message
+    assert "set CASCADE_ZOO_MODEL_ZOO" in message
+    assert "12 min 35 s for 4 iterations" in message
+    assert (
+        "python train_net.py --config-file configs/Baselines/faster_rcnn_instant_test.yaml "
+        "--resume OUTPUT_DIR output/Baselines/faster_rcnn_instant_test/seed2 SEED 2 "
+        "MODEL.DEVICE cpu\n"
+    ) in message
+    assert (
+        "python tools/publish_model.py output/Baselines/faster_rcnn_instant_test/seed2 "
+        "--name Baselines/faster_rcnn_instant_test --seed 2"
+    ) in message
+    # without a result file: a plain train_net.py command, no time
+    with pytest.raises(RuntimeError, match="no measured time") as error:
+        model_zoo.get_checkpoint_url(CONFIG, seed=1)
+    assert "OUTPUT_DIR output/Baselines/faster_rcnn_instant_test/seed1 SEED 1" in str(error.value)
+    # the file is there: in the model-zoo directory, or shipped with the repository
+    (zoo / "zoo" / name).parent.mkdir(parents=True)
+    (zoo / "zoo" / name).write_bytes(b"")
+    assert model_zoo.get_checkpoint_url(CONFIG, seed=2) == f"cascade_zoo://{name}"
+    shipped = zoo / "shipped" / name.replace("seed2", "seed1")
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(b"")
+    assert model_zoo.get_checkpoint_url(CONFIG, seed=1) == "cascade_zoo://" + name.replace(
+        "seed2", "seed1"
+    )
+    # a URL base is not checked (it would take a download)
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", "https://example.invalid/zoo")
+    assert model_zoo.get_checkpoint_url(CONFIG, seed=5).endswith("seed5/model_final.pth")
+
+
+def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeypatch):
+    """publish_model(..., zoo_dir=SHIPPED_DIR) writes what a fresh clone finds: a model-only
+    checkpoint, metrics.json and SHA256SUMS under benchmarks/model_zoo/<name>/seed0/, which
+    model_zoo.get(name, trained=True) loads with no model-zoo directory at all."""
+    import hashlib
+
+    from detectron2.modeling import build_model
+
+    from cascade_zoo.engine.checkpoint import ZooCheckpointer
+
+    shipped = zoo / "shipped"
+    monkeypatch.setattr(model_zoo, "SHIPPED_DIR", shipped)
+    flagship = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+    cfg = model_zoo.get_config(flagship)
+    cfg.MODEL.DEVICE = "cpu"
+    trained = build_model(cfg)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)
+    run = zoo / "run"
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1, momentum=0.9)
+    ZooCheckpointer(trained, str(run), optimizer=optimizer).save("model_final", iteration=999)
+    (run / "metrics.json").write_text('{"iteration": 999, "bbox/AP": 47.7}\n')
+
+    target = model_zoo.publish_model(
+        str(run / "model_final.pth"), flagship, 0, metrics=str(run / "metrics.json"),
+        zoo_dir=str(shipped),
+    )  # fmt: skip
+    assert target == shipped / "Benchmark" / "cascade_rcnn_R_18_FPN_shapes" / "seed0"
+    assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "metrics.json",
+                                                        "model_final.pth"]  # fmt: skip
+    published = torch.load(target / "model_final.pth", weights_only=True)
+    assert list(published) == ["model"]  # no optimizer, scheduler, iteration
+    for line in (target / "SHA256SUMS").read_text().splitlines():
+        digest, fname = line.split("  ")
+        assert hashlib.sha256((target / fname).read_bytes()).hexdigest() == digest
+    assert (target / "metrics.json").read_text() == (run / "metrics.json").read_text()
+
+    assert not (zoo / "zoo").exists()  # the model-zoo directory is empty: the shipped copy serves
+    model = model_zoo.get(flagship, trained=True, device="cpu")
+    expected = trained.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+    with pytest.raises(FileExistsError):
+        model_zoo.publish_model(str(run / "model_final.pth"), flagship, 0, zoo_dir=str(shipped))
+    with pytest.raises(ValueError, match="is not a model of configs/Baselines"):
+        model_zoo.publish_model(str(run / "model_final.pth"), CONFIG, 0, zoo_dir=str(shipped))
+
+
+def test_publish_model_tool(zoo, monkeypatch, capsys):
+    import importlib.util
+
+    from conftest import ROOT
+    from detectron2.modeling import build_model
+
+    spec = importlib.util.spec_from_file_location("publish", ROOT / "tools" / "publish_model.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = model_zoo.get_config(CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    run = zoo / "run"
+    run.mkdir()
+    DetectionCheckpointer(build_model(cfg), save_dir=str(run)).save("model_final")
+    assert tool.main([str(run), "--name", CONFIG[: -len(".yaml")], "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "published as cascade_zoo://Baselines/faster_rcnn_instant_test/seed3/model_final.pth" in out
+    )
+    # no metrics.json in the run: the weights and the manifest only
+    published = zoo / "zoo" / "Baselines" / "faster_rcnn_instant_test" / "seed3"
+    assert sorted(p.name for p in published.iterdir()) == ["SHA256SUMS", "model_final.pth"]
+    assert model_zoo.get_checkpoint_url(CONFIG, seed=3).endswith("seed3/model_final.pth")
+    with pytest.raises(SystemExit, match="exists"):
+        tool.main([str(run), "--name", CONFIG, "--seed", "3"])
 
 
 def test_detectron2_equivalents_resolve_to_detectron2_files():
@@ -102,6 +217,65 @@ def test_detectron2_equivalents_resolve_to_detectron2_files():
     )
     for config in model_zoo.DETECTRON2_CHECKPOINTS:
         model_zoo.get_config_file(config)  # every mapped config exists
+    # Detectron2's own name of the model gives the same file
+    assert model_zoo.get_checkpoint_url("Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml") == (
+        model_zoo.get_checkpoint_url("Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml")
+    )
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("ours,theirs", sorted(model_zoo.DETECTRON2_EQUIVALENTS.items()))
+def test_detectron2_names_resolve_to_the_same_config_of_this_project(ours, theirs):
+    """Detectron2's config name gives this project's config, whose every Detectron2 key has
+    Detectron2's value."""
+    from detectron2 import model_zoo as d2_model_zoo
+    from detectron2.config import get_cfg
+
+    assert model_zoo.get_config_file(theirs) == model_zoo.get_config_file(ours)
+    cfg = model_zoo.get_config(theirs)
+    reference = get_cfg()
+    reference.merge_from_file(d2_model_zoo.get_config_file(theirs))
+    own, expected = _flat(cfg), _flat(reference)
+    expected.pop("MODEL.DEVICE")  # setup_cfg picks the CPU without CUDA
+    assert {k: own[k] for k in expected if own[k] != expected[k]} == {}
+
+
+def test_detectron2_names_without_an_equivalent_are_refused_with_the_list():
+    with pytest.raises(RuntimeError, match="no equivalent of") as error:
+        model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    assert "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml -> configs/Baselines/" in str(error.value)
+    with pytest.raises(RuntimeError, match="not available in the cascade-zoo configs"):
+        model_zoo.get_checkpoint_url("Nothing/like_this.yaml")
+
+
+def test_model_zoo_md_says_which_models_the_repository_ships():
+    """Every row of MODEL_ZOO.md's table says whether its checkpoint is in benchmarks/model_zoo/,
+    and says it truly."""
+    import re
+
+    from conftest import ROOT
+
+    lines = (ROOT / "MODEL_ZOO.md").read_text().splitlines()
+    rows = [line.split("|") for line in lines if line.startswith("| `Benchmark/")]
+    backbone = [cells for cells in rows if "shapes_backbone" in cells[1]]
+    assert backbone and backbone[0][2].strip() == "yes"
+    assert (model_zoo.SHIPPED_DIR / "Benchmark" / "shapes_backbone_R_18_w32.pth").is_file()
+    rows = [cells for cells in rows if cells[2].strip().isdigit()]  # the trained models' table
+    assert rows
+    for cells in rows:
+        name, seed = cells[1].strip().strip("`"), cells[2].strip()
+        shipped = (model_zoo.SHIPPED_DIR / name / f"seed{seed}" / "model_final.pth").is_file()
+        said = re.search(r"\b(yes|no)\b", cells[3])
+        assert said and said.group(1) == ("yes" if shipped else "no"), cells
 
 
 def test_get_trained_loads_the_published_weights(zoo):

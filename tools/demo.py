@@ -2,9 +2,14 @@
 """Run a model on images or a video and draw its predictions (like Detectron2's demo/demo.py).
 
     python tools/demo.py --config-file CONFIG --input img1.jpg 'dir/*.png' some_dir/ \
-        --output out/ [--confidence-threshold 0.5] [--stages] MODEL.WEIGHTS model.pth
+        --output out/ [--confidence-threshold 0.5] [--stages] --opts MODEL.WEIGHTS model.pth
     python tools/demo.py --config-file CONFIG --video-input clip.mp4 --output out/ \
-        MODEL.WEIGHTS model.pth
+        --opts MODEL.WEIGHTS model.pth
+
+Config overrides go after --opts, last, as in Detectron2's demo; the older form without --opts
+(trailing KEY VALUE pairs, also right after --input's files) still works. MODEL.WEIGHTS may be a
+file, a URL, or a detectron2:// / cascade_zoo:// model-zoo name; it is loaded safely (ZooPredictor:
+a checkpoint whose unpickling could run code is refused unless ZOO.CHECKPOINT.ALLOW_UNSAFE_PICKLE).
 
 --input takes files, glob patterns and directories (their image files, by extension). Pictures go
 to --output: a directory (one picture per input, same file name, PNG for non-PNG/JPEG inputs), or
@@ -24,15 +29,19 @@ import sys
 import time
 from typing import List, Tuple
 
+import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
+
+# isort: split
 import numpy as np
 import tqdm
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
-from cascade_zoo import setup_cfg
+from cascade_zoo import ZooPredictor, setup_cfg
+from cascade_zoo.engine.checkpoint import UnsafeCheckpointError
+from cascade_zoo.predictor import add_config_arguments, config_overrides, missing_weights_message
 from cascade_zoo.visualize import draw_outputs, montage
 
 logger = logging.getLogger("cascade_zoo.demo")
@@ -67,7 +76,7 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
 
 class Demo:
     def __init__(self, cfg, confidence_threshold: float, stages: bool):
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = ZooPredictor(cfg)
         self.metadata = MetadataCatalog.get(
             cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
         )
@@ -151,7 +160,7 @@ def run_video(demo: Demo, path: str, output: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_arguments(parser)
     parser.add_argument("--input", nargs="+", default=[], help="image files, globs, directories")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", default="", help="output directory, or file for one input")
@@ -159,27 +168,27 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--stages", action="store_true", help="one panel per cascade stage (and the ensemble)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    opts = config_overrides(parser, args, "input")
     if not args.input and not args.video_input:
         parser.error("give --input and/or --video-input")
     setup_logger(name="cascade_zoo")
-    cfg = setup_cfg(args.config_file, args.opts, freeze=False)
+    cfg = setup_cfg(args.config_file, opts, freeze=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, args.confidence_threshold
     )
     cfg.freeze()
-    if (
-        cfg.MODEL.WEIGHTS
-        and not os.path.isfile(cfg.MODEL.WEIGHTS)
-        and "://" not in cfg.MODEL.WEIGHTS
-    ):
-        sys.exit(f"error: MODEL.WEIGHTS '{cfg.MODEL.WEIGHTS}' does not exist")
+    missing = missing_weights_message(cfg.MODEL.WEIGHTS)
+    if missing:
+        sys.exit(f"error: {missing}")
 
     paths, errors = expand_inputs(args.input)
     for error in errors:
         logger.error(error)
-    demo = Demo(cfg, args.confidence_threshold, args.stages)
+    try:
+        demo = Demo(cfg, args.confidence_threshold, args.stages)
+    except UnsafeCheckpointError as e:
+        sys.exit(f"error: {e}")
     try:
         failed_images = run_images(demo, paths, args.output)
         failed_video = run_video(demo, args.video_input, args.output) if args.video_input else 0

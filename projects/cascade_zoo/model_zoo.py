@@ -9,16 +9,31 @@
   imported) maps that prefix to the model-zoo base: ``$CASCADE_ZOO_MODEL_ZOO`` (a directory, or
   an ``http(s)://`` URL whose files are downloaded and cached by iopath), by default
   ``$CASCADE_ZOO_CACHE/model_zoo`` (``$CASCADE_ZOO_CACHE`` defaults to ``<repo>/.cache``).
-  ``tools/run_benchmark.py`` publishes its checkpoints there. A file the base lacks is read from
+  ``tools/run_benchmark.py`` publishes its runs there (their training checkpoints as they are;
+  :func:`publish_model` writes model-only ones). A file the base lacks is read from
   the repository's own copy under ``benchmarks/model_zoo/`` if it ships one (the benchmark's
   pretrained backbone: every clone starts from the same weights without re-making them).
+- ``get_checkpoint_url`` / ``get(trained=True)`` check that the checkpoint file is there (in the
+  model-zoo directory or the repository's copy; a URL base is not checked); when it is not, the
+  error names where the zoo looked, the environment variable that moves it, and the command
+  that trains the model (with the time it took, from its result file).
 - Configs equivalent to a model of Detectron2's own model zoo (:data:`DETECTRON2_CHECKPOINTS`)
-  resolve ``get_checkpoint_url``/``get(trained=True)`` to that model's ``detectron2://`` file.
+  resolve ``get_checkpoint_url``/``get(trained=True)`` to that model's ``detectron2://`` file,
+  and Detectron2's config names of them (:data:`DETECTRON2_EQUIVALENTS`, e.g.
+  ``"Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml"``) name the equivalent config of this project.
+- :func:`publish_model` writes a trained model into a model-zoo directory as Detectron2's zoo
+  holds one: ``<name>/seed<k>/model_final.pth`` (the model's weights only, no optimizer or
+  scheduler state), ``metrics.json`` and ``SHA256SUMS`` (``sha256sum -c`` checks it);
+  ``tools/publish_model.py`` is its command line.
 """
 
+import hashlib
+import json
 import os
+import shlex
+import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 from detectron2.utils.file_io import PathHandler, PathManager
 
@@ -45,6 +60,17 @@ DETECTRON2_CHECKPOINTS = {
     "Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml": "Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml",
     "Baselines/cascade_mask_rcnn_R_50_FPN_3x.yaml": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
 }
+# Configs of this project that are the same config as one of Detectron2's model zoo (every key
+# equal, tests/test_model_zoo.py checks it): those above, and those Detectron2 publishes no
+# checkpoint of. Detectron2's name resolves to this project's config.
+DETECTRON2_EQUIVALENTS = {
+    **DETECTRON2_CHECKPOINTS,
+    "Baselines/faster_rcnn_R_50_FPN_voc.yaml": "PascalVOC-Detection/faster_rcnn_R_50_FPN.yaml",
+}
+# The files of a published model, in <model-zoo base>/<name>/seed<k>/.
+CHECKPOINT_FILE = "model_final.pth"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "SHA256SUMS"
 
 
 def cache_dir() -> str:
@@ -56,6 +82,28 @@ def model_zoo_base() -> str:
     """Where ``cascade_zoo://`` points: ``$CASCADE_ZOO_MODEL_ZOO`` (directory or URL), default
     ``<cache_dir()>/model_zoo``."""
     return os.environ.get("CASCADE_ZOO_MODEL_ZOO") or os.path.join(cache_dir(), "model_zoo")
+
+
+def _base_origin() -> str:
+    """How :func:`model_zoo_base` was chosen, for messages."""
+    if os.environ.get("CASCADE_ZOO_MODEL_ZOO"):
+        return "$CASCADE_ZOO_MODEL_ZOO"
+    if os.environ.get("CASCADE_ZOO_CACHE"):
+        return "$CASCADE_ZOO_MODEL_ZOO unset: $CASCADE_ZOO_CACHE/model_zoo"
+    return "$CASCADE_ZOO_MODEL_ZOO and $CASCADE_ZOO_CACHE unset: <repository>/.cache/model_zoo"
+
+
+def where_looked(path: str) -> str:
+    """Where a ``cascade_zoo://`` name is looked for, in words (several lines): the model-zoo base
+    (and how it was chosen), the repository's shipped copy, and how to point the zoo elsewhere."""
+    handler = CascadeZooHandler()
+    return (
+        f"The model zoo looked for {path} at:\n"
+        f"    {handler.resolve(path)} (the model-zoo base, {_base_origin()})\n"
+        f"    {handler.shipped(path)} (the files the repository ships)\n"
+        "To use a model zoo elsewhere, set CASCADE_ZOO_MODEL_ZOO to its directory or http(s):// "
+        "base URL (or CASCADE_ZOO_CACHE; the zoo is then $CASCADE_ZOO_CACHE/model_zoo)."
+    )
 
 
 def _is_url(base: str) -> bool:
@@ -80,6 +128,11 @@ class CascadeZooHandler(PathHandler):
             return base.rstrip("/") + "/" + name
         return os.path.join(base, name)
 
+    def shipped(self, path: str) -> str:
+        """The repository's copy of ``path`` (which may not exist)."""
+        self.resolve(path)  # validates the name
+        return str(SHIPPED_DIR / path[len(PREFIX) :].lstrip("/"))
+
     def _source(self, path: str) -> str:
         """Where ``path`` is read from: the model-zoo directory's file if it is there, else the
         repository's shipped copy if there is one, else :meth:`resolve` (a URL, or a missing
@@ -87,8 +140,8 @@ class CascadeZooHandler(PathHandler):
         target = self.resolve(path)
         if not _is_url(target) and os.path.exists(target):
             return target
-        shipped = SHIPPED_DIR / path[len(PREFIX) :].lstrip("/")
-        return str(shipped) if shipped.exists() else target
+        shipped = self.shipped(path)
+        return shipped if os.path.exists(shipped) else target
 
     def _get_local_path(self, path, **kwargs):
         target = self._source(path)
@@ -145,42 +198,141 @@ def config_name(config_path: str) -> str:
     return str(path.with_suffix("")).replace(os.sep, "/")
 
 
+def _detectron2_has_config(config_path: str) -> bool:
+    from detectron2 import model_zoo as d2_model_zoo
+
+    try:
+        d2_model_zoo.get_config_file(config_path)
+    except RuntimeError:
+        return False
+    return True
+
+
+def resolve_config_path(config_path: str) -> str:
+    """A config name of this project, relative to ``configs/``: ``config_path`` itself, or, for
+    a name of Detectron2's model zoo, this project's equivalent config
+    (:data:`DETECTRON2_EQUIVALENTS`).
+
+    Raises:
+        RuntimeError: neither a config of this project nor a Detectron2 config with an
+            equivalent here; the message lists the Detectron2 names that have one.
+    """
+    if (CONFIGS_DIR / config_path).is_file():
+        return config_path
+    ours = {d2: own for own, d2 in DETECTRON2_EQUIVALENTS.items()}
+    if config_path in ours:
+        return ours[config_path]
+    known = "\n".join(f"  {d2} -> configs/{own}" for d2, own in sorted(ours.items()))
+    if _detectron2_has_config(config_path):
+        raise RuntimeError(
+            f"{config_path} is a config of Detectron2's model zoo that this project has no "
+            f"equivalent of (use detectron2.model_zoo for it). Detectron2 names with an "
+            f"equivalent here:\n{known}"
+        )
+    raise RuntimeError(
+        f"{config_path} not available in the cascade-zoo configs ({CONFIGS_DIR / config_path}); "
+        f"names are relative to {CONFIGS_DIR}, or one of these Detectron2 names:\n{known}"
+    )
+
+
 def get_config_file(config_path: str) -> str:
-    """The absolute path of a config of this project, given relative to ``configs/``.
+    """The absolute path of a config of this project, given relative to ``configs/``, or of the
+    equivalent of a Detectron2 model-zoo config (e.g. ``"Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml"``
+    -> ``configs/Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml``).
 
     Raises:
         RuntimeError: no such config (as ``detectron2.model_zoo.get_config_file``).
     """
-    path = CONFIGS_DIR / config_path
-    if not path.is_file():
-        raise RuntimeError(f"{config_path} not available in the cascade-zoo configs ({path})")
-    return str(path)
+    return str(CONFIGS_DIR / resolve_config_path(config_path))
+
+
+def result_file(config_path: str, seed: int = 0) -> Path:
+    """The result file of the benchmark run of a config and seed (which may not exist)."""
+    return RESULTS_DIR / config_name(resolve_config_path(config_path)) / f"seed{seed}.json"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
+
+
+def training_commands(config_path: str, seed: int = 0) -> List[str]:
+    """The commands, from the repository root, that train the model of a config and seed and
+    publish it into the model zoo: the training command its result file records (with
+    ``OUTPUT_DIR`` under ``output/``), else a plain ``train_net.py`` command; then
+    ``tools/publish_model.py``."""
+    name = config_name(resolve_config_path(config_path))
+    output_dir = f"output/{name}/seed{seed}"
+    recorded = _read_result(config_path, seed).get("command")
+    if recorded and "OUTPUT_DIR" in recorded.split():
+        words = shlex.split(recorded)
+        words[words.index("OUTPUT_DIR") + 1] = output_dir
+        train = shlex.join(words)
+    else:
+        train = (
+            f"python train_net.py --config-file configs/{name}.yaml --resume "
+            f"OUTPUT_DIR {output_dir} SEED {seed}"
+        )
+    publish = f"python tools/publish_model.py {output_dir} --name {name} --seed {seed}"
+    return [train, publish]
+
+
+def _read_result(config_path: str, seed: int) -> Dict:
+    try:
+        return json.loads(result_file(config_path, seed).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def missing_checkpoint_message(config_path: str, seed: int = 0) -> str:
+    """Why there is no checkpoint of a config and seed, where the zoo looked, how to point it
+    elsewhere and how to make the model (the measured time from its result file, if any)."""
+    name = config_name(resolve_config_path(config_path))
+    url = f"{PREFIX}{name}/seed{seed}/{CHECKPOINT_FILE}"
+    result = _read_result(config_path, seed)
+    if result.get("wall_time_s"):
+        measured = (
+            f"measured by benchmarks/results/{name}/seed{seed}.json: "
+            f"{_duration(result['wall_time_s'])} for {result.get('max_iter', '?')} iterations at "
+            f"{result.get('train_s_per_iter', '?')} s/iter with its evaluations, on "
+            f"{result.get('device', '?')} ({result.get('machine', '?')})"
+        )
+    else:
+        measured = f"no measured time: benchmarks/results/{name}/seed{seed}.json is missing"
+    commands = "\n".join(f"    {c}" for c in training_commands(config_path, seed))
+    return (
+        f"No trained model of {config_path} (seed {seed}).\n{where_looked(url)}\n"
+        f"To train and publish it, from the repository root ({measured}):\n{commands}"
+    )
 
 
 def get_checkpoint_url(config_path: str, seed: int = 0) -> str:
     """The checkpoint of the model trained with this config: ``cascade_zoo://`` for the project's
-    own (a result file ``benchmarks/results/<name>/seed<k>.json`` must exist), Detectron2's
-    ``detectron2://`` for :data:`DETECTRON2_CHECKPOINTS`.
+    own (the file must be in the model-zoo directory or in the repository's copy; with a URL
+    base it is not checked), Detectron2's ``detectron2://`` for :data:`DETECTRON2_CHECKPOINTS`.
+    ``config_path`` may be a Detectron2 model-zoo name (:func:`resolve_config_path`).
 
     Raises:
-        RuntimeError: no trained model for this config (and seed).
+        RuntimeError: no trained model for this config (and seed); the message says where the
+            zoo looked, how to point it elsewhere, and how to train the model
+            (:func:`missing_checkpoint_message`).
     """
+    config_path = resolve_config_path(config_path)
     if config_path in DETECTRON2_CHECKPOINTS:
         from detectron2 import model_zoo as d2_model_zoo
 
         return d2_model_zoo.get_checkpoint_url(DETECTRON2_CHECKPOINTS[config_path])
     get_config_file(config_path)
-    name = config_name(config_path)
-    if not (RESULTS_DIR / name / f"seed{seed}.json").is_file():
-        raise RuntimeError(
-            f"{config_path}: no trained model for seed {seed} (no {RESULTS_DIR / name}/seed"
-            f"{seed}.json; tools/run_benchmark.py trains and publishes it)"
-        )
-    return f"{PREFIX}{name}/seed{seed}/model_final.pth"
+    url = f"{PREFIX}{config_name(config_path)}/seed{seed}/{CHECKPOINT_FILE}"
+    if _is_url(model_zoo_base()) or PathManager.isfile(url):
+        return url
+    raise RuntimeError(missing_checkpoint_message(config_path, seed))
 
 
 def get_config(config_path: str, trained: bool = False, seed: int = 0):
-    """The config (not frozen), with ``MODEL.WEIGHTS`` set to the trained model if ``trained``."""
+    """The config (not frozen), with ``MODEL.WEIGHTS`` set to the trained model if ``trained``.
+    ``config_path`` may be a Detectron2 model-zoo name (:func:`resolve_config_path`)."""
     from .config import setup_cfg
 
     cfg = setup_cfg(get_config_file(config_path), freeze=False)
@@ -192,9 +344,8 @@ def get_config(config_path: str, trained: bool = False, seed: int = 0):
 def get(config_path: str, trained: bool = False, device: Optional[str] = None, seed: int = 0):
     """The model of a config (in eval mode is left to the caller, as in Detectron2), with its
     trained weights loaded if ``trained``; on ``device`` (default: the config's)."""
-    from detectron2.modeling import build_model
-
     from .engine.checkpoint import build_checkpointer
+    from .modeling import build_model
 
     cfg = get_config(config_path, trained, seed)
     if device is not None:
@@ -202,3 +353,105 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None, s
     model = build_model(cfg)
     build_checkpointer(cfg, model).load(cfg.MODEL.WEIGHTS)
     return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish_model(
+    checkpoint: str,
+    config_path: str,
+    seed: int = 0,
+    *,
+    metrics: Optional[str] = None,
+    zoo_dir: Optional[str] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Publish a trained model into a model-zoo directory, as Detectron2's model zoo holds its
+    models: ``<zoo_dir>/<name>/seed<k>/`` gets
+
+    - ``model_final.pth``: ``{"model": state_dict}``, the weights only (a training checkpoint's
+      optimizer, scheduler, iteration and RNG states are dropped); it loads with
+      ``torch.load(weights_only=True)``;
+    - ``metrics.json``: a copy of ``metrics`` (the run's ``metrics.json``), if given;
+    - ``SHA256SUMS``: the sha256 of those files, in ``sha256sum`` format.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (a file that needs arbitrary
+    unpickling is refused) and checked by loading it strictly into the config's model (on the
+    CPU) before anything is written. ``zoo_dir`` defaults to :func:`model_zoo_base` (a
+    directory); pass :data:`SHIPPED_DIR` to ship it with the repository. Then
+    ``get_checkpoint_url(config_path, seed)`` finds it (with ``$CASCADE_ZOO_MODEL_ZOO`` pointing
+    at ``zoo_dir``, or always for :data:`SHIPPED_DIR`).
+
+    Returns:
+        the directory written (``<zoo_dir>/<name>/seed<k>``).
+
+    Raises:
+        FileExistsError: a published model is there already and not ``overwrite``.
+        ValueError: the checkpoint holds no model weights or does not fit the config's model.
+    """
+    import pickle
+
+    import torch
+
+    from .engine.checkpoint import UnsafeCheckpointError
+
+    if not config_path.endswith(".yaml"):
+        config_path += ".yaml"  # a model's name in the zoo
+    config_path = resolve_config_path(config_path)
+    name = config_name(config_path)
+    zoo_dir = str(zoo_dir or model_zoo_base())
+    if _is_url(zoo_dir):
+        raise ValueError(f"cannot publish to a URL ({zoo_dir}); give a directory (zoo_dir)")
+    try:
+        data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"Refusing to publish '{checkpoint}': it does not load with "
+            f"torch.load(weights_only=True) ({str(e).splitlines()[0]})"
+        ) from None
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"'{checkpoint}' holds no model weights (a 'model' dict of tensors)")
+    _check_fits(config_path, state, checkpoint)
+
+    target = Path(zoo_dir) / name / f"seed{seed}"
+    if (target / CHECKPOINT_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{target / CHECKPOINT_FILE} exists (overwrite=False)")
+    target.mkdir(parents=True, exist_ok=True)
+    partial = target / (CHECKPOINT_FILE + ".partial")
+    torch.save({"model": state}, partial)
+    os.replace(partial, target / CHECKPOINT_FILE)
+    files = [CHECKPOINT_FILE]
+    if metrics:
+        shutil.copyfile(metrics, target / METRICS_FILE)
+        files.append(METRICS_FILE)
+    elif (target / METRICS_FILE).exists():
+        os.remove(target / METRICS_FILE)  # a previous model's
+    lines = [f"{_sha256(target / f)}  {f}\n" for f in files]
+    (target / MANIFEST_FILE).write_text("".join(lines))
+    return target
+
+
+def _check_fits(config_path: str, state, checkpoint: str) -> None:
+    """Load ``state`` strictly into the config's model (CPU): every key, every shape."""
+    from .modeling import build_model
+
+    cfg = get_config(config_path)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    model = build_model(cfg)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"'{checkpoint}' is not a model of configs/{config_path}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}"
+        )

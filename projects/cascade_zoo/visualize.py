@@ -6,11 +6,11 @@ from typing import List, Optional
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from .data import prepare_shapes
+from .predictor import ZooPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +74,19 @@ def draw_predictions(
     stages: bool = False,
     columns: Optional[int] = None,
 ) -> str:
-    """Run ``DefaultPredictor(cfg)`` on the first ``num_images`` images of a registered dataset
-    and write one PNG: per image, the predictions (score >= threshold) and, beside them, the
-    ground truth. With ``stages``, one row per image: each stage's own detections, the
-    ensemble's, then the ground truth (needs a model returning "stage_instances", i.e.
-    META_ARCHITECTURE BoxCascadeRCNN with MODEL.BOX_CASCADE.STAGEWISE_TEST). Returns
-    ``output_path``.
+    """Run ``ZooPredictor(cfg)`` (Detectron2's ``DefaultPredictor``, loading the weights safely)
+    on the first ``num_images`` images of a registered dataset and write one PNG: per image, the
+    predictions (score >= threshold) and, beside them, the ground truth. With ``stages``, one row
+    per image: each stage's own detections, the ensemble's, then the ground truth (needs a model
+    returning "stage_instances", i.e. META_ARCHITECTURE BoxCascadeRCNN with
+    MODEL.BOX_CASCADE.STAGEWISE_TEST). Returns ``output_path``.
     """
     prepare_shapes(dataset_name)
     dicts = DatasetCatalog.get(dataset_name)
     if not dicts:
         raise ValueError(f"Dataset '{dataset_name}' is empty: nothing to draw")
     metadata = MetadataCatalog.get(dataset_name)
-    predictor = DefaultPredictor(cfg)
+    predictor = ZooPredictor(cfg)
     tiles = []
     for record in dicts[:num_images]:
         image = read_image(record["file_name"], format=predictor.input_format)

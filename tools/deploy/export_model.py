@@ -3,7 +3,12 @@
 
     python tools/deploy/export_model.py --config-file CONFIG --output DIR \
         [--format torchscript|onnx] [--sample-image IMG] [--check [--check-images IMG ...]] \
-        MODEL.WEIGHTS model.pth
+        --opts MODEL.WEIGHTS model.pth
+
+Config overrides go after --opts, last, as in Detectron2's tools/deploy/export_model.py; the
+older form without --opts (trailing KEY VALUE pairs) still works. MODEL.WEIGHTS may be a file, a
+URL or a model-zoo name (detectron2://, cascade_zoo://); it is loaded by ZooCheckpointer, which
+refuses a checkpoint whose unpickling could run code unless ZOO.CHECKPOINT.ALLOW_UNSAFE_PICKLE.
 
 The traced function is the model's inference on one CHW uint8-range float image (BGR, already
 resized as DefaultPredictor does), without post-processing: it returns the detections' fields
@@ -17,7 +22,9 @@ Tracing goes through ``detectron2.export.TracingAdapter`` when ``detectron2.expo
 and a small adapter of this file flattens the outputs instead. ``--check`` runs the exported
 model and the eager one on images (``--check-images``, default three of the test set) and reports
 the largest differences; it fails when the detections differ beyond the tolerances of
-``compare_instances``.
+``compare_instances``. The ONNX graph's input is named ``image`` (dynamic height and width) and
+its outputs after the detections' fields (``pred_boxes``, ``scores``, ``pred_classes``,
+``pred_masks``; dynamic number of detections).
 """
 
 import argparse
@@ -28,22 +35,37 @@ import sys
 import warnings
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
+
+# isort: split
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from cascade_zoo import setup_cfg
-from cascade_zoo.engine.checkpoint import build_checkpointer
+from cascade_zoo.engine.checkpoint import UnsafeCheckpointError, build_checkpointer
+from cascade_zoo.modeling import build_model
+from cascade_zoo.predictor import add_config_arguments, config_overrides, missing_weights_message
 
 # Tracing warns about every Python value it records as a constant; the equivalence checks are what
 # tell whether that matters.
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+# PyTorch deprecates TorchScript (torch.jit.trace / load) and the TorchScript-based ONNX exporter
+# in favour of torch.export, which Detectron2's models do not go through yet; this tool traces, as
+# Detectron2's tools/deploy does, and says so once (main) instead of at every call. The ONNX
+# exporter's note on negative indices does not apply: the graph indexes with arange and classes.
+for _message in (
+    r"`torch\.jit\.(trace|trace_method|load)` is deprecated",
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"no signature found for <torch\.ScriptMethod",
+    r"Exporting aten::index operator of advanced indexing",
+):
+    warnings.filterwarnings("ignore", message=_message)
 
 logger = logging.getLogger("cascade_zoo.export")
 
@@ -130,10 +152,27 @@ def _traceable_detectron2():
             del scale.apply
 
 
-def trace(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule, Callable]:
+def _schema_output_names(schema) -> List[str]:
+    """Names of the flattened outputs of Detectron2's TracingAdapter, from its outputs schema
+    (``InstancesSchema``: each field, a field flattened to several tensors as ``field.i``, then the
+    image size)."""
+    keys, sizes = getattr(schema, "keys", None), getattr(schema, "sizes", None)
+    if not keys or not sizes or len(keys) != len(sizes):
+        return []
+    names = []
+    for key, size in zip(keys, sizes):
+        names += [key] if size == 1 else [f"{key}.{i}" for i in range(size)]
+    if type(schema).__name__ == "InstancesSchema":
+        names.append("image_size")
+    return names
+
+
+def trace(
+    model: nn.Module, image: torch.Tensor
+) -> Tuple[torch.jit.ScriptModule, Callable, List[str]]:
     """Trace ``model``'s inference on ``image``. Returns the traced module (one tensor in, a tuple
-    of tensors out) and a function turning its outputs, for an input of a given (H, W), back into
-    Instances."""
+    of tensors out), a function turning its outputs, for an input of a given (H, W), back into
+    Instances, and the outputs' names (the detections' fields, in order)."""
     try:
         from detectron2.export import TracingAdapter
     except ImportError:  # Detectron2 v0.6: detectron2.export imports caffe2
@@ -143,6 +182,7 @@ def trace(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule
             adapter = TracingAdapter(model, [{"image": image}], _infer_flat)
             traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
             schema = adapter.outputs_schema
+            names = _schema_output_names(schema)
 
             def rebuild(outputs, image_size):
                 instances = schema(outputs)
@@ -153,6 +193,7 @@ def trace(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule
             adapter = _InstancesAdapter(model)
             traced = torch.jit.trace(adapter, (image,), check_trace=False)
             fields = list(adapter.fields)
+            names = list(fields)
 
             def rebuild(outputs, image_size):
                 values = dict(zip(fields, outputs))
@@ -160,7 +201,7 @@ def trace(model: nn.Module, image: torch.Tensor) -> Tuple[torch.jit.ScriptModule
                     values["pred_boxes"] = Boxes(values["pred_boxes"])
                 return Instances(image_size, **values)
 
-    return traced, rebuild
+    return traced, rebuild, names
 
 
 def _infer_flat(model, inputs):
@@ -190,15 +231,22 @@ def compare_instances(eager: Instances, exported: Instances) -> Dict[str, float]
     return diffs
 
 
-def export_onnx(traced: torch.jit.ScriptModule, image: torch.Tensor, path: str) -> None:
-    """ONNX from the traced module (opset 17; torchvision's ROIAlign and NMS have ONNX forms)."""
+def export_onnx(
+    traced: torch.jit.ScriptModule, image: torch.Tensor, path: str, output_names: Sequence[str] = ()
+) -> None:
+    """ONNX from the traced module (opset 17; torchvision's ROIAlign and NMS have ONNX forms).
+    The input is named ``image`` (CHW, dynamic H and W), the outputs ``output_names`` (what
+    :func:`trace` returns), each with a dynamic number of detections."""
+    dynamic_axes = {"image": {1: "height", 2: "width"}}
+    dynamic_axes.update({n: {0: "detections"} for n in output_names if n != "image_size"})
     torch.onnx.export(
         traced,
         (image,),
         path,
         opset_version=17,
         input_names=["image"],
-        dynamic_axes={"image": {1: "height", 2: "width"}},
+        output_names=list(output_names),
+        dynamic_axes=dynamic_axes,
         dynamo=False,
     )
 
@@ -225,7 +273,7 @@ def sample_images(cfg, paths: Sequence[str], count: int) -> List[np.ndarray]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    add_config_arguments(parser)
     parser.add_argument("--output", required=True, help="directory for model.ts / model.onnx")
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument(
@@ -241,34 +289,43 @@ def main(argv=None) -> int:
         metavar="IMG",
         help="images for --check (default: the first 3 of DATASETS.TEST[0])",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    opts = config_overrides(parser, args, "check_images")
     setup_logger(name="cascade_zoo")
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, opts)
     if cfg.MODEL.DEVICE != "cpu":
         logger.info("exporting on the CPU (MODEL.DEVICE %s ignored)", cfg.MODEL.DEVICE)
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"
-    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        sys.exit(f"error: MODEL.WEIGHTS '{cfg.MODEL.WEIGHTS}' does not exist")
+    missing = missing_weights_message(cfg.MODEL.WEIGHTS)
+    if missing:
+        sys.exit(f"error: {missing}")
     os.makedirs(args.output, exist_ok=True)
 
     logger.info("[1/3] building the model and loading %s", cfg.MODEL.WEIGHTS or "no weights")
-    model = load_model(cfg)
+    try:
+        model = load_model(cfg)
+    except UnsafeCheckpointError as e:
+        sys.exit(f"error: {e}")
     image = prepare_image(
         cfg, sample_images(cfg, [args.sample_image] if args.sample_image else [], 1)[0]
     )
-    logger.info("[2/3] tracing on a %dx%d image", image.shape[2], image.shape[1])
-    traced, rebuild = trace(model, image)
+    logger.info(
+        "[2/3] tracing on a %dx%d image (TorchScript tracing, which PyTorch deprecates in favour "
+        "of torch.export)",
+        image.shape[2],
+        image.shape[1],
+    )
+    traced, rebuild, names = trace(model, image)
     if args.format == "torchscript":
         path = os.path.join(args.output, "model.ts")
         traced.save(path)
         run = torch.jit.load(path)
     else:
         path = os.path.join(args.output, "model.onnx")
-        export_onnx(traced, image, path)
+        export_onnx(traced, image, path, names)
         run = onnx_runner(path)
-    logger.info("wrote %s", path)
+    logger.info("wrote %s (outputs: %s)", path, ", ".join(names))
 
     if args.check:
         images = [prepare_image(cfg, im) for im in sample_images(cfg, args.check_images, 3)]

@@ -4,7 +4,9 @@ builtin datasets), command-line COCO registration and dataset checks."""
 from .crowdhuman import load_odgt, register_crowdhuman, register_crowdhuman_splits
 from .datasets import (
     SHAPES_SPLITS,
+    check_coco_json,
     check_dataset_files,
+    check_test_dataset,
     datasets_root,
     load_checked_coco_json,
     prepare_shapes,
@@ -12,7 +14,12 @@ from .datasets import (
     register_shapes,
     validate_dataset_dicts,
 )
-from .mapper import BadImageError, CheckedDatasetMapper
+from .mapper import (
+    BadImageError,
+    CheckedDatasetMapper,
+    UnsupportedImageModeError,
+    check_image_mode,
+)
 from .shapes import CLASSES as SHAPES_CLASSES
 
 register_shapes()
@@ -23,7 +30,11 @@ __all__ = [
     "SHAPES_CLASSES",
     "BadImageError",
     "CheckedDatasetMapper",
+    "UnsupportedImageModeError",
+    "check_image_mode",
+    "check_coco_json",
     "check_dataset_files",
+    "check_test_dataset",
     "datasets_root",
     "load_odgt",
     "register_crowdhuman",

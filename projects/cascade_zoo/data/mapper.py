@@ -1,9 +1,12 @@
-"""A DatasetMapper that names the file when an image cannot be read, and can skip it."""
+"""A DatasetMapper that names the file when an image cannot be read (or would be read wrongly),
+and can skip it."""
 
 import logging
 import random
 
 from detectron2.data import DatasetMapper
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -15,6 +18,29 @@ class BadImageError(OSError):
     """An image of a dataset is missing or cannot be decoded."""
 
 
+class UnsupportedImageModeError(OSError):
+    """An image with more than 8 bits per channel, which Detectron2 would read wrongly."""
+
+
+def check_image_mode(path: str) -> None:
+    """Refuse an image that Detectron2's ``read_image`` would read wrongly: PIL opens a 16-bit
+    grayscale PNG (or TIFF) as mode "I" / "I;16" and a float one as "F", and ``read_image``'s
+    conversion to RGB clips every value to 0..255, so a 16-bit image reads as 255 almost
+    everywhere. Reads only the header.
+
+    Raises:
+        UnsupportedImageModeError: naming the file and its PIL mode.
+    """
+    with PathManager.open(path, "rb") as f:
+        mode = Image.open(f).mode
+    if mode in ("I", "F") or mode.startswith("I;"):
+        raise UnsupportedImageModeError(
+            f"'{path}' has more than 8 bits per pixel (PIL mode '{mode}', e.g. a 16-bit "
+            "grayscale PNG), which Detectron2's read_image clips to 255: convert it to 8 bits "
+            "per channel (e.g. for 16 bits: numpy's image >> 8, then PIL mode 'L')"
+        )
+
+
 class CheckedDatasetMapper(DatasetMapper):
     """Detectron2's DatasetMapper, with a policy for images that cannot be read.
 
@@ -22,7 +48,8 @@ class CheckedDatasetMapper(DatasetMapper):
     data-loader worker, whose traceback PyTorch re-raises in the main process). ``"skip"`` logs a
     warning naming the file and maps a random other record of ``fallback_dataset`` instead
     (Detectron2 v0.6's own retry on None breaks on Python >= 3.11). Evaluation always uses
-    "error": a skipped image would silently change the evaluated set.
+    "error": a skipped image would silently change the evaluated set. Images with more than 8
+    bits per channel count as unreadable (:func:`check_image_mode`).
     """
 
     def __init__(self, cfg, is_train: bool = True, on_bad_image: str = None, fallback_dataset=None):
@@ -38,6 +65,7 @@ class CheckedDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         for _ in range(MAX_CONSECUTIVE_SKIPS + 1):
             try:
+                check_image_mode(dataset_dict["file_name"])
                 return super().__call__(dataset_dict)
             except (OSError, SyntaxError) as e:  # PIL reports undecodable files with these
                 path = dataset_dict.get("file_name", "<no file_name>")

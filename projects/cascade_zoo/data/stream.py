@@ -32,7 +32,13 @@ import numpy as np
 import torch.utils.data as torchdata
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 
-__all__ = ["StreamOrder", "ResumableBatchSampler", "StreamDataset", "build_stream_loader"]
+__all__ = [
+    "StreamOrder",
+    "ResumableBatchSampler",
+    "StreamDataset",
+    "build_stream_loader",
+    "check_total_batch_size",
+]
 
 
 def _derived_seed(*words: int) -> int:
@@ -64,6 +70,17 @@ class StreamOrder:
         return _derived_seed(self.seed, position, 0x5EED)
 
 
+def check_total_batch_size(total_batch_size: int, world_size: int) -> None:
+    """Raise ValueError naming ``SOLVER.IMS_PER_BATCH`` unless it is a positive multiple of the
+    number of processes (with 0 the stream would wait forever for a batch to fill)."""
+    if total_batch_size <= 0 or total_batch_size % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH is {total_batch_size}: it is the number of images per "
+            f"iteration over all processes, and must be a positive multiple of the number of "
+            f"processes ({world_size})"
+        )
+
+
 class ResumableBatchSampler(torchdata.Sampler):
     """This process's positions of each global batch, from iteration ``start_iter`` on
     (an infinite stream; see module doc)."""
@@ -79,11 +96,7 @@ class ResumableBatchSampler(torchdata.Sampler):
         aspect_ratio_grouping: bool = True,
         start_iter: int = 0,
     ):
-        if total_batch_size % world_size:
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH ({total_batch_size}) must be divisible by the number of "
-                f"processes ({world_size})"
-            )
+        check_total_batch_size(total_batch_size, world_size)
         self.order = order
         self.landscape = list(landscape)
         self.total_batch_size = total_batch_size

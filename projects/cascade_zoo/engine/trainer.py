@@ -20,16 +20,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
-from ..data.datasets import check_dataset_files, validate_dataset_dicts
+from ..data.datasets import check_dataset_files, check_test_dataset, validate_dataset_dicts
 from ..data.mapper import CheckedDatasetMapper
-from ..data.stream import ResumableBatchSampler, build_stream_loader
+from ..data.stream import ResumableBatchSampler, build_stream_loader, check_total_batch_size
 from ..evaluation import EXTRA_EVALUATOR_REGISTRY, PerIoUCOCOEvaluator, PerIoUVOCEvaluator
 from ..evaluation_mr import MissRateEvaluator
-from ..roi_align import use_roi_align_backward
-from ..rpn import use_rpn_prefix_nms
+from ..modeling import apply_zoo_options
 from ..utils.env import compiled_ops_available
 from .checkpoint import build_checkpointer
-from .optim import build_optimizer_with_lr_multipliers
+from .optim import build_optimizer
 from .resume import ResumeStateHook, preserved_rng
 
 DATA_STREAMS = ("resumable", "detectron2")
@@ -40,10 +39,20 @@ project packages for training methods that are not part of a model (e.g. RGA's g
 annealing); ZooTrainer registers what each returns, before its checkpointer."""
 
 
+def check_at_start(cfg) -> None:
+    """What can be checked before a model or a training set is built, so that it stops the run
+    at once rather than after the first evaluation: ``SOLVER.IMS_PER_BATCH`` (a positive
+    multiple of the number of processes) and the test datasets (files, COCO file contents)."""
+    check_total_batch_size(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
+    for name in cfg.DATASETS.TEST:
+        check_test_dataset(name)
+
+
 class ZooTrainer(DefaultTrainer):
     """DefaultTrainer with:
 
-    - dataset checks before a loader is built (missing files: an error naming the path);
+    - checks before anything is built (:func:`check_at_start`) and dataset checks before a
+      loader is built (missing files: an error naming the path);
     - :class:`CheckedDatasetMapper` (unreadable images: an error naming the file, or a skip);
     - COCO evaluation through pycocotools when Detectron2's compiled fast evaluation is missing;
     - DistributedDataParallel on CPU processes (gloo), which Detectron2 v0.6 does not set up;
@@ -63,6 +72,7 @@ class ZooTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_at_start(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -105,10 +115,7 @@ class ZooTrainer(DefaultTrainer):
     def build_model(cls, cfg):
         """Detectron2's model, with ROIAlign's CPU input gradient chosen by
         ``ZOO.ROI_ALIGN_CPU_BACKWARD`` and the RPN's CPU NMS by ``ZOO.RPN_PREFIX_NMS``."""
-        model = super().build_model(cfg)
-        use_roi_align_backward(model, cfg.ZOO.ROI_ALIGN_CPU_BACKWARD)
-        use_rpn_prefix_nms(model, cfg.ZOO.RPN_PREFIX_NMS)
-        return model
+        return apply_zoo_options(super().build_model(cfg), cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -116,6 +123,7 @@ class ZooTrainer(DefaultTrainer):
             raise ValueError(
                 f"ZOO.DATA_STREAM must be one of {DATA_STREAMS}, got {cfg.ZOO.DATA_STREAM!r}"
             )
+        check_total_batch_size(cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size())
         for name in cfg.DATASETS.TRAIN:
             check_dataset_files(name)
         # The dataset dicts as Detectron2's loader builds them; built here so that the mapper can
@@ -183,9 +191,9 @@ class ZooTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's optimizer, with the learning-rate multipliers that model modules give
-        through an ``lr_multipliers()`` method (e.g. the paper's 1/w_t per cascade stage)."""
-        return build_optimizer_with_lr_multipliers(cfg, model)
+        """Detectron2's SGD, with SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model" besides its own
+        per-tensor clipping (cascade_zoo.engine.optim)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
