@@ -68,3 +68,27 @@ def test_train_net_registers_coco_from_command_line(coco_copy, tmp_path):
     )  # fmt: skip
     assert "Evaluation results for cli_coco" in proc.stdout or "cli_coco" in proc.stdout
     assert (out / "inference" / "cli_coco" / "coco_instances_results.json").exists()
+
+
+def test_integer_boxes_keep_their_sub_pixel_position_through_a_resize(tmp_path):
+    # Detectron2 v0.6's resize writes the scaled coordinates into the box array in place, so an
+    # integer COCO box was floored: [10, 11, 20, 21] x 1.5 became [15, 16, 30, 31]
+    import numpy as np
+    from detectron2.data import transforms as T
+    from detectron2.structures import BoxMode
+    from PIL import Image
+
+    from cascade_zoo import setup_cfg
+    from cascade_zoo.data.mapper import CheckedDatasetMapper
+
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    record = {"file_name": str(path), "height": 100, "width": 100, "image_id": 0,
+              "annotations": [{"bbox": [10, 11, 10, 10], "bbox_mode": BoxMode.XYWH_ABS,
+                               "category_id": 0, "iscrowd": 0}]}  # fmt: skip
+    mapper = CheckedDatasetMapper(setup_cfg(str(INSTANT / "faster_rcnn_instant_test.yaml")))
+    mapper.augmentations = T.AugmentationList([T.Resize((150, 150))])
+    out = mapper(record)
+    want = [10 * 1.5, 11 * 1.5, 20 * 1.5, 21 * 1.5]  # x0, y0, x1, y1 times the scale
+    assert out["instances"].gt_boxes.tensor.tolist() == [want]
+    assert record["annotations"][0]["bbox"] == [10, 11, 10, 10]  # the record is not changed

@@ -18,6 +18,7 @@ from core_helpers import (  # noqa: E402
     cfg_of,
     detections_of,
     eval_inputs,
+    jittered_ground_truth,
     model_of,
     spread_predictor_weights,
     train_batch,
@@ -43,9 +44,10 @@ def _mask_pass(model, batch):
     return losses, stage_proposals, features
 
 
-def _masks_pass_with_records(model, batch):
+def _masks_pass_with_records(model, batch, jitter=False):
     """Training pass of the whole ROI heads, keeping each loop's record: (losses, records,
-    features)."""
+    features). ``jitter``: boxes jittered around the ground truth join the RPN's proposals (so
+    that every loop has positives besides the ground-truth boxes themselves)."""
     model.train()
     heads = model.roi_heads
     images = model.preprocess_image(batch)
@@ -62,6 +64,9 @@ def _masks_pass_with_records(model, batch):
     with EventStorage(0):
         features = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, features, targets)
+        if jitter:
+            extra = jittered_ground_truth(targets, per_box=5, spread=0.15)
+            proposals = [Instances.cat([p, e]) for p, e in zip(proposals, extra)]
         _, losses = heads(images, features, proposals, targets)
     return losses, kept, features
 
@@ -105,7 +110,7 @@ def test_each_loops_mask_trains_on_the_boxes_that_loop_produces():
     batch = train_batch(cfg)
     targets = [x["instances"] for x in batch]
     torch.manual_seed(3)
-    losses, records, features = _masks_pass_with_records(model, batch)
+    losses, records, features = _masks_pass_with_records(model, batch, jitter=True)
     assert len(records) == 3
     weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
     ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
