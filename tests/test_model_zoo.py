@@ -140,7 +140,7 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
 
     from detectron2.modeling import build_model
 
-    from cascade_zoo.engine.checkpoint import ZooCheckpointer
+    from cascade_zoo.engine.checkpoint import CorruptCheckpointError, ZooCheckpointer
 
     shipped = zoo / "shipped"
     monkeypatch.setattr(model_zoo, "SHIPPED_DIR", shipped)
@@ -164,7 +164,8 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
     assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "metrics.json",
                                                         "model_final.pth"]  # fmt: skip
     published = torch.load(target / "model_final.pth", weights_only=True)
-    assert list(published) == ["model"]  # no optimizer, scheduler, iteration
+    assert sorted(published) == ["checksum", "model"]  # no optimizer, scheduler, iteration
+    assert list(published["checksum"]) == ["model"]
     for line in (target / "SHA256SUMS").read_text().splitlines():
         digest, fname = line.split("  ")
         assert hashlib.sha256((target / fname).read_bytes()).hexdigest() == digest
@@ -178,6 +179,22 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
 
     with pytest.raises(FileExistsError):
         model_zoo.publish_model(str(run / "model_final.pth"), flagship, 0, zoo_dir=str(shipped))
+    # a training checkpoint whose tensors no longer match its saved checksums is not published
+    corrupt = torch.load(run / "model_final.pth", weights_only=True)
+    first = next(iter(corrupt["model"]))
+    corrupt["model"][first] = corrupt["model"][first] + 1.0
+    torch.save(corrupt, run / "model_corrupt.pth")
+    with pytest.raises(CorruptCheckpointError, match="model_corrupt.pth.*'model' entry"):
+        model_zoo.publish_model(
+            str(run / "model_corrupt.pth"), flagship, 1, zoo_dir=str(shipped)
+        )  # fmt: skip
+    assert not (shipped / "Benchmark" / "cascade_rcnn_R_18_FPN_shapes" / "seed1").exists()
+    # and a published model that was altered afterwards is refused when loaded
+    altered = torch.load(target / "model_final.pth", weights_only=True)
+    altered["model"][first] = altered["model"][first] * 2.0
+    torch.save(altered, target / "model_final.pth")
+    with pytest.raises(Exception, match="corrupt"):
+        model_zoo.get(flagship, trained=True, device="cpu")
     with pytest.raises(ValueError, match="is not a model of configs/Baselines"):
         model_zoo.publish_model(str(run / "model_final.pth"), CONFIG, 0, zoo_dir=str(shipped))
 
@@ -320,3 +337,73 @@ def test_the_shipped_backbone_loads_into_the_demo_config():
     assert own and sorted(own) == sorted(shipped)
     for name, value in own.items():
         assert torch.equal(value, shipped[name]), name
+
+
+FLAGSHIP = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+
+
+def _box_iou(a, b):
+    """IoU of two [x0, y0, x1, y1] lists, written out."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_the_shipped_flagship_loads_and_finds_the_objects(tmp_path, monkeypatch):
+    """On a fresh clone (an empty model-zoo directory) model_zoo.get(flagship, trained=True)
+    loads the model the repository ships (its checksums checked), and that model finds most
+    objects of images it never saw: ground-truth boxes matched at IoU >= 0.5 by a detection of
+    the same class (at the config's test score threshold; the model's AP50 is about 67)."""
+    import cv2
+    from detectron2.data import DatasetCatalog
+
+    from cascade_zoo import ZooPredictor
+    from cascade_zoo.data import prepare_shapes
+
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "empty"))
+    monkeypatch.delenv("CASCADE_ZOO_IGNORE_SHIPPED", raising=False)
+    model = model_zoo.get(FLAGSHIP, trained=True, device="cpu")  # checks the checksum
+    shipped = torch.load(
+        model_zoo.SHIPPED_DIR / "Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
+        weights_only=True,
+    )["model"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, shipped[name]), name
+
+    cfg = model_zoo.get_config(FLAGSHIP, trained=True)
+    cfg.MODEL.DEVICE = "cpu"
+    predictor = ZooPredictor(cfg)
+    prepare_shapes("shapes_tiny_val")
+    found = total = 0
+    for record in DatasetCatalog.get("shapes_tiny_val"):
+        out = predictor(cv2.imread(record["file_name"]))["instances"]
+        dets = [(b.tolist(), int(c)) for b, c in zip(out.pred_boxes.tensor, out.pred_classes)]
+        for ann in record["annotations"]:
+            x, y, w, h = ann["bbox"]  # XYWH_ABS in the shapes dataset
+            gt = [x, y, x + w, y + h]
+            total += 1
+            found += any(c == ann["category_id"] and _box_iou(b, gt) >= 0.5 for b, c in dets)
+    assert total > 20
+    assert found / total >= 0.75, f"{found} of {total} objects found"
+
+
+def test_the_model_zoo_eval_only_line_runs_on_the_shipped_flagship(tmp_path, monkeypatch):
+    """MODEL_ZOO.md's `train_net.py --config-file configs/<name>.yaml --eval-only MODEL.WEIGHTS
+    cascade_zoo://<name>/seed0/model_final.pth`, on a fresh clone (empty model-zoo directory),
+    here on the 8 images of shapes_tiny_val."""
+    from conftest import run_train_net
+
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "empty"))
+    monkeypatch.delenv("CASCADE_ZOO_IGNORE_SHIPPED", raising=False)
+    proc = run_train_net(
+        "--config-file", f"configs/{FLAGSHIP}", "--eval-only",
+        "MODEL.WEIGHTS", "cascade_zoo://Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
+        "DATASETS.TEST", "('shapes_tiny_val',)", "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", tmp_path / "out",
+    )  # fmt: skip
+    assert "copypaste: AP,AP50" in proc.stdout, proc.stdout[-3000:]
+    line = proc.stdout.split("copypaste: AP,AP50")[1].splitlines()[1]
+    ap = float(line.split("copypaste:")[1].split(",")[0])
+    assert ap > 30.0, proc.stdout[-3000:]

@@ -65,14 +65,32 @@ def test_after_make_demo(trained_core, image_from_disk, monkeypatch):
     assert f"{image_from_disk}: " in text  # the image from disk was the one drawn
 
 
+def test_fresh_clone_uses_the_shipped_flagship(tmp_path, image_from_disk, monkeypatch):
+    """No output/demo and an empty model-zoo directory, as on a fresh clone: the flagship Cascade
+    R-CNN the repository ships is run, per stage, and compared through its result file."""
+    shipped = model_zoo.SHIPPED_DIR / model_zoo.config_name(FLAGSHIP) / "seed0" / "model_final.pth"
+    assert shipped.is_file(), f"the repository ships {shipped}"
+    (tmp_path / "empty").mkdir()
+    text, pictures = _run(
+        monkeypatch, DEMO_DIR=tmp_path / "no_demo", CASCADE_ZOO_MODEL_ZOO=tmp_path / "empty",
+        CASCADE_ZOO_IGNORE_SHIPPED="", DATASET="shapes_tiny_val", IMAGE=image_from_disk,
+    )  # fmt: skip
+    assert (
+        "weights: cascade_zoo://Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth"
+        in (text)
+    )
+    assert "this model/stage3" in text and "Faster R-CNN (benchmark)" in text
+    assert len(pictures) == 4
+
+
 def test_fresh_clone_uses_the_model_zoo(tmp_path, image_from_disk, monkeypatch):
-    """No output/demo: the model zoo's flagship Cascade R-CNN (here a random one, published into
-    a model-zoo directory of the test's own) is run and compared through its result file."""
+    """No output/demo, and the shipped files ignored: the model zoo's flagship Cascade R-CNN
+    (here a random one, published into a model-zoo directory of the test's own) is run and
+    compared through its result file."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    if (model_zoo.SHIPPED_DIR / model_zoo.config_name(FLAGSHIP)).exists():
-        pytest.skip("the repository ships the flagship model: it would be used instead")
+    monkeypatch.setenv("CASCADE_ZOO_IGNORE_SHIPPED", "1")
     cfg = model_zoo.get_config(FLAGSHIP)
     cfg.MODEL.DEVICE = "cpu"
     (tmp_path / "run").mkdir()

@@ -747,7 +747,7 @@ def test_finished_runs_publish_model_only_checkpoints(rb, tmp_path, monkeypatch,
     assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "metrics.json",
                                                         "model_final.pth"]  # fmt: skip
     published = torch.load(target / "model_final.pth", weights_only=True)
-    assert list(published) == ["model"]  # no optimizer, no iteration
+    assert sorted(published) == ["checksum", "model"]  # no optimizer, no iteration
     expected = trainer.model.state_dict()
     assert sorted(published["model"]) == sorted(expected)
     assert all(torch.equal(published["model"][k], v) for k, v in expected.items())

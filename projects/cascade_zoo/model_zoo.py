@@ -40,10 +40,11 @@ from detectron2.utils.file_io import PathHandler, PathManager
 # The repository root (this file is projects/cascade_zoo/model_zoo.py).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = REPO_ROOT / "configs"
-# The directory of the result files that tools/run_benchmark.py writes (one per trained model).
+# The directory of the result files that tools/run_results.py writes (one per trained model).
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 PREFIX = "cascade_zoo://"
-# Model-zoo files the repository ships, served when the model-zoo base lacks them.
+# Model-zoo files the repository ships, served when the model-zoo base lacks them (unless
+# $CASCADE_ZOO_IGNORE_SHIPPED is set to a non-empty value).
 SHIPPED_DIR = REPO_ROOT / "benchmarks" / "model_zoo"
 
 # Configs of this project that are the same model as one of Detectron2's model zoo, mapped to
@@ -100,7 +101,13 @@ def where_looked(path: str) -> str:
     return (
         f"The model zoo looked for {path} at:\n"
         f"    {handler.resolve(path)} (the model-zoo base, {_base_origin()})\n"
-        f"    {handler.shipped(path)} (the files the repository ships)\n"
+        f"    {handler.shipped(path)} (the files the repository ships"
+        + (
+            ", ignored: $CASCADE_ZOO_IGNORE_SHIPPED is set"
+            if os.environ.get("CASCADE_ZOO_IGNORE_SHIPPED")
+            else ""
+        )
+        + ")\n"
         "To use a model zoo elsewhere, set CASCADE_ZOO_MODEL_ZOO to its directory or http(s):// "
         "base URL (or CASCADE_ZOO_CACHE; the zoo is then $CASCADE_ZOO_CACHE/model_zoo)."
     )
@@ -140,6 +147,8 @@ class CascadeZooHandler(PathHandler):
         target = self.resolve(path)
         if not _is_url(target) and os.path.exists(target):
             return target
+        if os.environ.get("CASCADE_ZOO_IGNORE_SHIPPED"):
+            return target  # the user wants the model zoo's own files only
         shipped = self.shipped(path)
         return shipped if os.path.exists(shipped) else target
 
@@ -375,14 +384,16 @@ def publish_model(
     """Publish a trained model into a model-zoo directory, as Detectron2's model zoo holds its
     models: ``<zoo_dir>/<name>/seed<k>/`` gets
 
-    - ``model_final.pth``: ``{"model": state_dict}``, the weights only (a training checkpoint's
-      optimizer, scheduler, iteration and RNG states are dropped); it loads with
-      ``torch.load(weights_only=True)``;
+    - ``model_final.pth``: ``{"model": state_dict, "checksum": ...}``, the weights only (a
+      training checkpoint's optimizer, scheduler, iteration and RNG states are dropped) with the
+      sha256 of the weights, which :class:`ZooCheckpointer` checks when it loads them; it loads
+      with ``torch.load(weights_only=True)``;
     - ``metrics.json``: a copy of ``metrics`` (the run's ``metrics.json``), if given;
     - ``SHA256SUMS``: the sha256 of those files, in ``sha256sum`` format.
 
     The checkpoint is read with ``torch.load(weights_only=True)`` (a file that needs arbitrary
-    unpickling is refused) and checked by loading it strictly into the config's model (on the
+    unpickling is refused), checked against the checksums it was saved with (a corrupt one is
+    refused) and by loading it strictly into the config's model (on the
     CPU) before anything is written. ``zoo_dir`` defaults to :func:`model_zoo_base` (a
     directory); pass :data:`SHIPPED_DIR` to ship it with the repository. Then
     ``get_checkpoint_url(config_path, seed)`` finds it (with ``$CASCADE_ZOO_MODEL_ZOO`` pointing
@@ -415,6 +426,9 @@ def publish_model(
             f"Refusing to publish '{checkpoint}': it does not load with "
             f"torch.load(weights_only=True) ({str(e).splitlines()[0]})"
         ) from None
+    from .engine.checkpoint import CHECKSUM_KEY, checkpoint_checksums, verify_checksums
+
+    verify_checksums(data, str(checkpoint))  # a corrupt training checkpoint is not published
     state = data.get("model", data) if isinstance(data, dict) else None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"'{checkpoint}' holds no model weights (a 'model' dict of tensors)")
@@ -425,7 +439,9 @@ def publish_model(
         raise FileExistsError(f"{target / CHECKPOINT_FILE} exists (overwrite=False)")
     target.mkdir(parents=True, exist_ok=True)
     partial = target / (CHECKPOINT_FILE + ".partial")
-    torch.save({"model": state}, partial)
+    published = {"model": state}
+    published[CHECKSUM_KEY] = checkpoint_checksums(published)  # checked when it is loaded
+    torch.save(published, partial)
     os.replace(partial, target / CHECKPOINT_FILE)
     files = [CHECKPOINT_FILE]
     if metrics:

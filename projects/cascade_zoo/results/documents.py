@@ -315,10 +315,11 @@ python tools/publish_model.py output/Benchmark/cascade_rcnn_R_18_FPN_shapes/seed
 ```
 
 `tools/publish_model.py` (`cascade_zoo.model_zoo.publish_model`) writes a model as Detectron2's
-zoo holds one: `<zoo>/<name>/seed<k>/model_final.pth` (`{{"model": state_dict}}`: the weights only,
-no optimizer, scheduler or iteration), `metrics.json` (the run's) and `SHA256SUMS` (`sha256sum -c
-SHA256SUMS`), after checking that the checkpoint loads with `torch.load(weights_only=True)` and fits
-the config's model key for key. With `--ship` it writes into `benchmarks/model_zoo/`, which every
+zoo holds one: `<zoo>/<name>/seed<k>/model_final.pth` (`{{"model": state_dict}}` and the weights'
+sha256, checked when the project loads them: the weights only, no optimizer, scheduler or
+iteration), `metrics.json` (the run's) and `SHA256SUMS` (`sha256sum -c SHA256SUMS`), after checking
+that the checkpoint loads with `torch.load(weights_only=True)`, matches the checksums it was saved
+with, and fits the config's model key for key. With `--ship` it writes into `benchmarks/model_zoo/`, which every
 clone finds with no model-zoo directory (commit the three files).
 
 ## Shipped in the repository
