@@ -1,5 +1,6 @@
 """Multi-process launch on GPUs (Detectron2's launch), on CPUs (gloo) and under torchrun."""
 
+import contextlib
 import logging
 import os
 from datetime import timedelta
@@ -49,7 +50,8 @@ def launch(
             local_size=local_size,
             timeout=timeout,
         )
-        return main_func(*args)
+        with _process_group_destroyed_at_exit():
+            return main_func(*args)
     world_size = num_machines * num_processes_per_machine
     if world_size == 1 or torch.cuda.is_available():
         return d2_launch(
@@ -86,7 +88,20 @@ def _cpu_worker(local_rank, main_func, world_size, local_size, machine_rank, dis
         local_size=local_size,
         timeout=timeout,
     )
-    main_func(*args)
+    with _process_group_destroyed_at_exit():
+        main_func(*args)
+
+
+@contextlib.contextmanager
+def _process_group_destroyed_at_exit():
+    """Destroy this worker's process group when its work ends (normally or not): a gloo group
+    left to the interpreter's shutdown can abort the process ("terminate called without an
+    active exception") after the job has finished."""
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _init_worker(*, backend, init_method, world_size, rank, local_rank, local_size, timeout):
