@@ -130,3 +130,20 @@ def assert_ablation_under_the_protocol(benchmark_config, ablation_config, protoc
     for key in ("SOLVER", "TEST", "INPUT", "DATASETS", "DATALOADER"):
         assert ours[key].dump() == ref[key].dump(), key
     return ours
+
+
+def shapes_configs(paper_dir):
+    """The CPU (shapes) configs of a paper's configs/ folder, each as the files merged in order:
+    every ``*_shapes.yaml``, and every ablation delta over the shapes config its header names."""
+    from cascade_zoo.config import documented_compositions
+
+    out = [[p] for p in sorted(paper_dir.glob("**/*_shapes.yaml"))]
+    for delta in sorted(paper_dir.glob("ablations/*.yaml")):
+        out += [[ROOT / "configs" / f for f in files] for files in documented_compositions(delta)
+                if files[0].endswith("_shapes.yaml")]  # fmt: skip
+    return out
+
+
+def config_id(files):
+    """A test id for a config given as files: their paths under configs/, joined by +."""
+    return "+".join(str(f.relative_to(ROOT / "configs")) for f in files)

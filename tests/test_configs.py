@@ -1,23 +1,33 @@
-"""Every YAML under configs/ loads with the project's config set-up and builds its model."""
+"""Every YAML under configs/ loads with the project's config set-up and builds its model; an
+ablation delta (no _BASE_) does so over each config its header names."""
 
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, config_id
 from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIG_DIR = ROOT / "configs"
+FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
+DELTAS = [p for p in FILES if documented_compositions(p)]
+# each config as the files merged in order: one file, or a base and a delta
+CONFIGS = [[p] for p in FILES if p not in DELTAS] + [
+    [CONFIG_DIR / f for f in files] for p in DELTAS for files in documented_compositions(p)
+]
 
 
 def test_there_are_configs():
-    assert len(CONFIGS) > 20
+    assert len(CONFIGS) > 20 and len(DELTAS) > 20
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p).split("configs/")[1])
-def test_config_loads_and_builds(path):
-    cfg = setup_cfg(str(path), ["MODEL.DEVICE", "cpu"])
+@pytest.mark.parametrize("files", CONFIGS, ids=config_id)
+def test_config_loads_and_builds(files):
+    path = files[-1]
+    cfg = setup_cfg(files, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params > 0

@@ -26,7 +26,11 @@ CASES = [
     ("Baselines/cascade_mask_rcnn_instant_test.yaml", "torchscript"),
     # the core's other registered heads
     ("CascadeRCNN/cascade_rcnn_parallel_modules_instant_test.yaml", "torchscript"),
-    ("CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_integral_loss_shapes.yaml", "torchscript"),
+    # the integral-loss delta over the shapes config (BASE+DELTA)
+    (
+        "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/integral_loss.yaml",
+        "torchscript",
+    ),
     ("RGA_PRM/faster_rcnn_rga_prm_instant_test.yaml", "onnx"),
     ("RGA_PRM/cascade_rcnn_rga_prm_instant_test.yaml", "torchscript"),
 ]
@@ -35,17 +39,16 @@ CASES = [
 def _model_with_varied_counts(config):
     """A randomly initialised model whose score threshold lies halfway between the two middle
     scores on the second image, so that the images get different numbers of detections (and no
-    score sits at the threshold)."""
-    cfg = setup_cfg(str(ROOT / "configs" / config), ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    score sits at the threshold). ``config``: a file under configs/, or BASE+DELTA."""
+    files = [str(ROOT / "configs" / f) for f in config.split("+")]
+    cfg = setup_cfg(files, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
     torch.manual_seed(0)
     model = export_model.load_model(cfg)
     images = [export_model.prepare_image(cfg, im) for im in export_model.sample_images(cfg, [], 3)]
     with torch.no_grad():
         scores = export_model._infer(model, images[1]).scores.sort().values
     threshold = float(scores[len(scores) // 2 - 1 : len(scores) // 2 + 1].mean())
-    cfg = setup_cfg(
-        str(ROOT / "configs" / config), ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)]
-    )
+    cfg = setup_cfg(files, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(threshold)])
     thresholded = export_model.load_model(cfg)
     thresholded.load_state_dict(model.state_dict())
     return thresholded, images, threshold

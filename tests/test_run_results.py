@@ -476,16 +476,31 @@ def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch, paper)
     assert [r[1] for r in rows] == ["L_e=1", "L_e=2"] and rows[1][3] == "20.0"
 
 
+def _files_of_run(name):
+    """A registered run name's config files: ``<name>.yaml``, or for ``<dir>/<base>+<delta>`` (a
+    composed config) the delta ``<dir>/<delta>.yaml`` over the base its header names."""
+    from cascade_zoo.config import documented_compositions
+
+    if "+" not in name:
+        return [ROOT / "configs" / f"{name}.yaml"]
+    folder, stems = name.rsplit("/", 1)
+    base, delta = stems.split("+")
+    delta = ROOT / "configs" / folder / f"{delta}.yaml"
+    bases = [files[0] for files in documented_compositions(delta) if Path(files[0]).stem == base]
+    return [ROOT / "configs" / b for b in bases] + [delta]
+
+
 def test_every_eval_variant_names_a_benchmark_config_and_changes_it(rb):
     """A typo in a variant's key, or a variant equal to the trained config, would only show at
     the end of a long run (or never): each must resolve and differ from the run's own config."""
     assert rb.eval_variants()
     for name, variants in rb.eval_variants().items():
-        config = ROOT / "configs" / f"{name}.yaml"
-        assert config.is_file(), name
-        own = rb.config_diff(str(config))
+        config = [str(f) for f in _files_of_run(name)]
+        assert all(Path(f).is_file() for f in config), name
+        assert rb.run_name("+".join(config)).endswith(name), name
+        own = rb.config_diff(config)
         for variant, opts in variants:
-            changed = rb.config_diff(str(config), opts)
+            changed = rb.config_diff(config, opts)
             assert changed != own, (name, variant)
             assert {k for k in changed if changed[k] != own.get(k)} <= set(opts[0::2]), variant
 
@@ -658,6 +673,55 @@ def test_a_protocols_pretraining_is_made_from_its_method_and_protocol(
     assert made == [(source / "model_final.pth", "backbone.bottom_up.")]
     assert (tmp_path / "results/shapes_test/Test/method/seed0.json").is_file()
     assert result["pretrained_sha256"] and len(trainer.calls) == 2
+
+
+def test_composed_configs_are_merged_in_order_and_named_and_hashed_by_what_they_resolve_to(
+    rb, tmp_path, repo, monkeypatch, caplog, paper
+):
+    """--configs BASE.yaml+DELTA.yaml: the delta merged over the base (before any protocol), the
+    run named <delta's folder>/<base stem>+<delta stem>, the hash that of the merged config
+    (whichever way the files are spelled, and the same as one file with the same settings);
+    variants registered under that name are evaluated; it is not published (one config file)."""
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    (repo / "configs/Test/ablations").mkdir()
+    delta = repo / "configs/Test/ablations/lr.yaml"
+    delta.write_text("SOLVER:\n  BASE_LR: 0.02\n  WARMUP_ITERS: 3\n")
+    (repo / "configs/Test/method_lr.yaml").write_text(
+        '_BASE_: "method.yaml"\nSOLVER:\n  BASE_LR: 0.02\n  WARMUP_ITERS: 3\n'
+    )
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    run = rb.Run("Test/method.yaml+Test/ablations/lr.yaml", 0, results, runs)
+    assert run.name == "Test/ablations/method+lr"
+    assert run.configs == ["Test/method.yaml", "Test/ablations/lr.yaml"]
+    assert run.output_dir == runs / "Test/ablations/method+lr/seed0"
+    assert run.diff["SOLVER.BASE_LR"] == 0.02 and run.diff["MODEL.RESNETS.DEPTH"] == 18
+    respelled = rb.Run("./Test/method.yaml + Test/ablations/../ablations/lr.yaml", 0, results, runs)
+    assert (respelled.name, respelled.configs, respelled.hash) == (run.name, run.configs, run.hash)
+    assert rb.Run("Test/method_lr.yaml", 0, results, runs).hash == run.hash
+    files = ["--config-file", "configs/Test/method.yaml", "--config-file",
+             "configs/Test/ablations/lr.yaml"]  # fmt: skip
+    assert run.train_args("cpu")[:6] == ["train_net.py", *files, "--resume"]
+    protocol = rb.Run(run.config, 0, results, runs, protocol="Protocols/shapes_test.yaml")
+    assert protocol.name == "shapes_test/Test/ablations/method+lr"
+    assert protocol.configs == [*run.configs, "Protocols/shapes_test.yaml"]
+    assert protocol.diff["SOLVER.BASE_LR"] == 0.005 and protocol.diff["SOLVER.WARMUP_ITERS"] == 3
+
+    paper("test_paper", eval_variants={run.name: [("short", ["SOLVER.MAX_ITER", "2"])]})
+    evaluated = []
+    monkeypatch.setattr(runner, "eval_variant", lambda r, device, opts: evaluated.append(r.name))
+    saved = rb.execute(run, device="cpu", trainer=FakeTrainer())
+    assert evaluated == [run.name] and list(saved["variants"]) == ["short"]
+    assert saved["config"] == "configs/Test/method.yaml+configs/Test/ablations/lr.yaml"
+    assert saved["config_files"] == ["configs/Test/method.yaml", "configs/Test/ablations/lr.yaml"]
+    assert "this run's model is Test/method.yaml + Test/ablations/lr.yaml" in caplog.text
+    assert not (tmp_path / "zoo").exists()
+    _execute(rb, protocol, FakeTrainer(ap_base=30.0))
+    grouped = rb.load_results(results)
+    assert sorted(grouped) == ["Test/ablations/method+lr", "shapes_test/Test/ablations/method+lr"]
+    assert grouped["shapes_test/Test/ablations/method+lr"][0]["metrics"]["bbox"]["AP"] == 30.0
+    # the delta changes: the results of both runs are refused, like those of a changed config
+    delta.write_text("SOLVER:\n  BASE_LR: 0.02\n  WARMUP_ITERS: 4\n")
+    assert sorted(rb.load_results(results)) == []
 
 
 # ---------------------------------------------------------------- progress, publishing

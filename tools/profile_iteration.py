@@ -118,8 +118,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     text = [f"## {SECTION}\n"]
+    command = ["python", "tools/profile_iteration.py", *sys.argv[1:]]
     text.append(
-        f"`{' '.join(shlex.quote(a) for a in ['python', 'tools/profile_iteration.py', *sys.argv[1:]])}`"
+        f"`{' '.join(shlex.quote(a) for a in command)}`"
         f" on {date.today()}: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
         "thread(s). Median seconds per iteration by phase, then the operators with the most "

@@ -8,15 +8,21 @@ READMEs' results blocks from those files (cascade_zoo.results).
     python tools/run_results.py --report-only      # tables, plots, MODEL_ZOO.md from the files
     python tools/run_results.py --protocol Protocols/shapes_v4.yaml \\
         --configs CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0
+    python tools/run_results.py --configs \\
+        CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/integral_loss.yaml
 
-Configs are named relative to configs/. With --protocol, each is a method config and the run's
-config is it followed by the protocol file; the run is named <protocol stem>/<config>. Each run
+Configs are named relative to configs/. BASE.yaml+DELTA.yaml (several + allowed) is a config and
+deltas merged over it in order, named by the stems joined by + in the last file's directory
+(CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_shapes+integral_loss); its config hash is that of
+the merged config. With --protocol, each is a method config and the run's config is it followed
+by the protocol file; the run is named <protocol stem>/<config's name>. Each run
 trains with train_net.py (--resume) in <runs-dir>/<name>/seed<k> (its output in train_stdout.txt
 there; a progress line every 45 s here), so a killed run continues from its last checkpoint; a
 run whose result file <results-dir>/<name>/seed<k>.json is there, valid and of the same config is
 skipped, one of another config or pretrained backbone is set aside and the run re-done
-(docs/benchmark_protocol.md). Finished runs publish their model (weights only), metrics.json and
-SHA256SUMS under the model zoo (cascade_zoo://<name>/seed<k>/, see cascade_zoo.model_zoo).
+(docs/benchmark_protocol.md). Finished runs of one config file publish their model (weights
+only), metrics.json and SHA256SUMS under the model zoo (cascade_zoo://<name>/seed<k>/, see
+cascade_zoo.model_zoo).
 """
 
 import argparse
@@ -42,7 +48,8 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     add = parser.add_argument
-    add("--configs", nargs="*", default=[], help="relative to configs/")
+    add("--configs", nargs="*", default=[],
+        help="relative to configs/; BASE.yaml+DELTA.yaml merges deltas over a config")  # fmt: skip
     add("--protocol", help="a file relative to configs/ merged over every config")
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))

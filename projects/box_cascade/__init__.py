@@ -1,8 +1,8 @@
 """The box-cascade core: Cascade R-CNN / Cascade Mask R-CNN of the TPAMI paper, complete, with the
 extension points the other papers of the project use. Importing it registers the ROI heads
 ("BoxCascadeROIHeads", "IntegralLossROIHeads", "ParallelModulesROIHeads"), the
-meta-architecture ("BoxCascadeRCNN"), the stage samplers, the test ensembles and the stage-wise
-evaluator."""
+meta-architecture ("BoxCascadeRCNN"), the stage samplers, the test ensembles, the mask strategies
+and the stage-wise evaluator."""
 
 from cascade_zoo.evaluation import EXTRA_EVALUATOR_REGISTRY
 
@@ -12,6 +12,7 @@ from .config import add_box_cascade_config
 from .ensembles import TEST_ENSEMBLE_REGISTRY, merge_branch_predictions, register_test_ensemble
 from .evaluation import StageWiseCOCOEvaluator, build_stagewise_evaluator, format_stagewise_tables
 from .integral_loss import IntegralLossROIHeads
+from .masks import MASK_STRATEGY_REGISTRY, MaskStrategy, build_mask_strategy
 from .meta_arch import BoxCascadeRCNN
 from .parallel import ParallelModulesROIHeads
 from .roi_heads import BoxCascadeROIHeads
@@ -27,6 +28,8 @@ __all__ = [
     "BoxCascadeRCNN",
     "BoxCascadeROIHeads",
     "IntegralLossROIHeads",
+    "MASK_STRATEGY_REGISTRY",
+    "MaskStrategy",
     "ParallelModulesROIHeads",
     "STAGE_SAMPLER_REGISTRY",
     "StagePlan",
@@ -38,6 +41,7 @@ __all__ = [
     "StageWiseCOCOEvaluator",
     "TrainingIoUStats",
     "TrainingIoUStatsHook",
+    "build_mask_strategy",
     "build_stage_sampler",
     "build_stagewise_evaluator",
     "format_stagewise_tables",

@@ -1,15 +1,14 @@
 """Building the box-cascade core from a config: stage loss weights, the checks of the stage lists,
-per-stage heads and predictors (class-agnostic or class-specific), mask heads per strategy, and
-loading checkpoints of Detectron2's heads. ``BoxCascadeBuild`` is a mixin of
+per-stage heads and predictors (class-agnostic or class-specific), the mask strategy and its
+heads, and loading checkpoints of Detectron2's heads. ``BoxCascadeBuild`` is a mixin of
 :class:`~box_cascade.roi_heads.BoxCascadeROIHeads`."""
 
 from typing import List
 
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .masks import PerStageMaskHeads
+from .masks import MaskStrategy, build_mask_strategy
 from .samplers import build_stage_sampler
 
 LOSS_WEIGHTINGS = ("decay", "avg", "explicit", "detectron2")
@@ -68,13 +67,13 @@ class BoxCascadeBuild:
                 bc.LOSS_WEIGHTING, num_stages, bc.STAGE_LOSS_WEIGHTS
             ),
             scale_pooled_gradient=bc.LOSS_WEIGHTING == "detectron2",
-            head_lr_rescale=bc.HEAD_LR_RESCALE and bc.LOSS_WEIGHTING != "detectron2",
+            head_gradient_rescale=bc.HEAD_GRADIENT_RESCALE and bc.LOSS_WEIGHTING != "detectron2",
             stage_samplers=[build_stage_sampler(name, cfg) for name in samplers],
             later_stage_gt=bc.LATER_STAGE_GT,
             test_stage=bc.TEST_STAGE,
             test_ensemble=bc.TEST_ENSEMBLE,
             stagewise_test=bc.STAGEWISE_TEST,
-            mask_strategy=bc.MASK_STRATEGY,
+            mask_strategy=cls.mask_strategy_from_config(cfg),
             iou_histogram_bins=bc.IOU_HISTOGRAM_BINS,
             iou_stats_period=bc.IOU_STATS_PERIOD or cfg.SOLVER.CHECKPOINT_PERIOD,
         )
@@ -110,14 +109,20 @@ class BoxCascadeBuild:
         return ret
 
     @classmethod
+    def mask_strategy_from_config(cls, cfg) -> MaskStrategy:
+        """The mask strategy of ``cfg``: the one registered in masks.MASK_STRATEGY_REGISTRY as
+        MODEL.BOX_CASCADE.MASK_STRATEGY. It builds the mask head(s) and trains and runs them; a
+        subclass whose stages share their modules gives its own (R3-CNN)."""
+        num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
+        return build_mask_strategy(cfg.MODEL.BOX_CASCADE.MASK_STRATEGY, num_stages)
+
+    @classmethod
     def _init_mask_head(cls, cfg, input_shape):
+        """Detectron2's mask head, made into the strategy's mask module(s)."""
         ret = super()._init_mask_head(cfg, input_shape)
-        if cfg.MODEL.MASK_ON and cfg.MODEL.BOX_CASCADE.MASK_STRATEGY == "every":
-            resolution = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-            channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
-            shape = ShapeSpec(channels=channels, width=resolution, height=resolution)
-            num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
-            ret["mask_head"] = PerStageMaskHeads.build(cfg, ret["mask_head"], shape, num_stages)
+        if cfg.MODEL.MASK_ON:
+            strategy = cls.mask_strategy_from_config(cfg)
+            ret["mask_head"] = strategy.build_head(cfg, ret["mask_head"], input_shape)
         return ret
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -23,10 +23,11 @@ def add_box_cascade_config(cfg: CN) -> None:
     # The paper's rule (Sec. 6.3): stage t's head (box head, predictor and, with MASK_STRATEGY
     # "every", its mask head) is trained at 1/w_t times the rate its weighted loss gives it, so
     # that it learns as from an unweighted loss while the backbone sees the weighted ones. As in
-    # the authors' code it scales the head's gradient (before weight decay, momentum and
-    # clipping), so weight decay is unchanged. Not used with "detectron2"; a head shared by stages
-    # of different weights cannot have it (an error says so).
-    _C.HEAD_LR_RESCALE = True
+    # the authors' code it scales the head's gradient by 1/w_t (before weight decay, momentum and
+    # clipping; the learning rate is unchanged), so weight decay is unchanged. Not used with
+    # "detectron2"; a head shared by stages of different weights cannot have it (an error says
+    # so). Formerly HEAD_LR_RESCALE, which still loads (cascade_zoo.config.RENAMED_KEYS).
+    _C.HEAD_GRADIENT_RESCALE = True
     # How each stage gets its training boxes: a name in STAGE_SAMPLER_REGISTRY per stage, or []
     # for the paper's and Detectron2's ["sample", "refined", "refined", ...]: stage 1 samples
     # ROI_HEADS.BATCH_SIZE_PER_IMAGE RPN proposals (+ ground truth) with at most

@@ -79,8 +79,8 @@ def head_gradient_multipliers(
 
 def _shared_error(prefix: str, first: int, t: int, weights: Sequence[float]) -> str:
     return (
-        f"MODEL.BOX_CASCADE.HEAD_LR_RESCALE: {prefix[:-1]} is shared by stages {first + 1} and "
-        f"{t + 1}, whose loss weights differ ({weights[first]} vs {weights[t]}), so no single "
-        "1/w_t applies: set HEAD_LR_RESCALE False (the shared module then learns from the sum of "
-        "the weighted losses) or give the stages equal weights"
+        f"MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE: {prefix[:-1]} is shared by stages {first + 1} "
+        f"and {t + 1}, whose loss weights differ ({weights[first]} vs {weights[t]}), so no single "
+        "1/w_t applies: set HEAD_GRADIENT_RESCALE False (the shared module then learns from the "
+        "sum of the weighted losses) or give the stages equal weights"
     )

@@ -9,8 +9,8 @@ sampler, pools at them, runs a box head and a predictor (class logits + box delt
 regression weights) and adds its losses times w_k; its regressed boxes (detached) are the next
 stage's input. Each pass of a stage is a :class:`~box_cascade.stages.StageRecord`; which
 modules a stage runs and how many stages run at test is the :class:`~box_cascade.stages.StagePlan`;
-test-time ensembles are registered functions (``ensembles.py``), mask strategies live in
-``masks.py``, training boxes in ``samplers.py``.
+test-time ensembles are registered functions (``ensembles.py``), mask strategies registered
+classes (``masks.py``), training boxes in ``samplers.py``.
 
 Parameter names are Detectron2's CascadeROIHeads' (``box_head.k``, ``box_predictor.k``,
 ``mask_head``), so a Detectron2 Cascade R-CNN checkpoint loads as it is.
@@ -22,7 +22,7 @@ modules at test), ``rescore`` (scores from extra outputs, before NMS), the stage
 modules, test loops), ``rcnn_parameter_names`` (gradient schedules such as RGA's).
 """
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -41,7 +41,7 @@ from cascade_zoo.engine.gradients import GradientScale, group_by_value
 from .build import BoxCascadeBuild, check_lengths, check_memory_support
 from .ensembles import build_test_ensemble
 from .head_rule import StageModule, head_gradient_multipliers, stage_module_owners
-from .masks import PerStageMaskHeads, check_mask_strategy, mask_train_losses
+from .masks import MaskStrategy, build_mask_strategy
 from .samplers import append_ground_truth, drop_ground_truth
 from .stages import Predictions, StagePlan, StageRecord, as_predictions, d2_pair
 from .statistics import TrainingIoUStats, TrainingIoUStatsHook
@@ -78,13 +78,13 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         proposal_matchers: List[Matcher],
         stage_loss_weights: List[float],
         scale_pooled_gradient: bool = False,
-        head_lr_rescale: bool = True,
+        head_gradient_rescale: bool = True,
         stage_samplers: List[Callable],
         later_stage_gt: str = "readd",
         test_stage: int = -1,
         test_ensemble: str = "all_on_final",
         stagewise_test: bool = False,
-        mask_strategy: str = "first",
+        mask_strategy: Union[str, MaskStrategy] = "first",
         iou_histogram_bins: int = 20,
         iou_stats_period: int = 0,
         stage_head_indices: Optional[List[int]] = None,
@@ -98,15 +98,17 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             stage_loss_weights: w_t for each of the T training stages.
             scale_pooled_gradient: Detectron2's scheme: scale the pooled features' gradient by
                 1/T in each stage in training (use with weights of 1).
-            head_lr_rescale: the paper's head rule: stage t's head (box head, predictor, and
-                its mask head with mask_strategy "every") gets its gradient times 1/w_t.
+            head_gradient_rescale: the paper's head rule: stage t's head (box head, predictor, and
+                its mask head when the mask strategy has one per stage) gets its gradient times
+                1/w_t.
             stage_samplers: per training stage, a callable giving its training boxes
                 (see samplers.py).
             later_stage_gt: one of LATER_STAGE_GT (see samplers.py).
             test_stage: 1-based output stage at test time, -1 for the last.
             test_ensemble: a name in TEST_ENSEMBLE_REGISTRY.
             stagewise_test: also return per-stage detections and proposals at test time.
-            mask_strategy: one of masks.MASK_STRATEGIES (Fig. 6 b/c/d).
+            mask_strategy: a masks.MaskStrategy, or its name in MASK_STRATEGY_REGISTRY (Fig. 6
+                b/c/d); it trains and runs ``mask_head``, which it built (``build_head``).
             iou_histogram_bins: bins of the training-box IoU histograms.
             iou_stats_period: iterations between writes of the IoU statistics (0: never
                 periodically, only at the end).
@@ -148,7 +150,8 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
             test_stage=test_stage,
         )
         build_test_ensemble(test_ensemble)  # an unknown name fails here, naming the key
-        check_mask_strategy(mask_strategy)
+        if isinstance(mask_strategy, str):
+            mask_strategy = build_mask_strategy(mask_strategy, num_stages)
         if later_stage_gt not in LATER_STAGE_GT:
             raise ValueError(
                 f"MODEL.BOX_CASCADE.LATER_STAGE_GT must be one of {LATER_STAGE_GT}, "
@@ -175,7 +178,7 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         for name in self.STAGE_MODULES:  # in declaration order: parameter order is fixed
             if name not in own:
                 setattr(self, name, (stage_modules or {}).get(name))
-        self.head_rule = head_lr_rescale
+        self.head_rule = head_gradient_rescale
         self._gradient_scales = []
         self.install_head_rule()
 
@@ -434,7 +437,7 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
     def mask_losses(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
         """The mask losses in training, from each training stage's labelled boxes
         (``stage_proposals``), under the mask strategy (masks.py)."""
-        return mask_train_losses(self, features, stage_proposals)
+        return self.mask_strategy.losses(self, features, stage_proposals)
 
     def mask_inputs(self, features, boxes):
         if self.mask_pooler is None:
@@ -442,10 +445,10 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         return self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
 
     def _forward_mask(self, features, instances):
-        if self.training or not self.mask_on or self.mask_strategy != "every":
+        """Detectron2's hook: at test, the final boxes' masks by the mask strategy."""
+        if self.training or not self.mask_on:
             return super()._forward_mask(features, instances)
-        pooled = self.mask_inputs(features, [x.pred_boxes for x in instances])
-        return self.mask_head.inference(pooled, instances)
+        return self.mask_strategy.inference(self, features, instances)
 
     # ------------------------------------------------------------------ trainer contract
 
@@ -454,11 +457,12 @@ class BoxCascadeROIHeads(BoxCascadeBuild, CascadeROIHeads):
         return [TrainingIoUStatsHook(self.iou_stats, self.iou_stats_period)]
 
     def stage_modules(self) -> Dict[str, StageModule]:
-        """The declared per-stage modules (STAGE_MODULES) and, with one mask head per stage
-        (strategy "every"), ``mask_head`` (not part of the R-CNN module)."""
+        """The declared per-stage modules (STAGE_MODULES) and, when the mask strategy has one
+        mask head per stage ("every"), ``mask_head`` (not part of the R-CNN module)."""
         out = dict(self.STAGE_MODULES)
-        if isinstance(getattr(self, "mask_head", None), PerStageMaskHeads):
-            out["mask_head"] = StageModule("stage", rcnn=False)
+        mask_head = self.mask_strategy.stage_module() if self.mask_on else None
+        if mask_head is not None:
+            out["mask_head"] = mask_head
         return out
 
     def head_gradient_multipliers(self) -> Dict[str, float]:

@@ -1,7 +1,9 @@
 """Proposal-generation hooks: how a cascade stage gets its training boxes.
 
-A stage sampler is a class registered in ``STAGE_SAMPLER_REGISTRY``, built as ``cls(cfg)``
-(``cfg`` may be None in tests) and called as ``sampler(heads, stage, proposals, targets)``:
+A stage sampler is a class registered in ``STAGE_SAMPLER_REGISTRY`` under the name that
+``MODEL.BOX_CASCADE.STAGE_SAMPLERS`` uses for it (``register_as("sample")``; ``register()``: its
+class name), built as ``cls(cfg)`` (``cfg`` may be None in tests) and called as
+``sampler(heads, stage, proposals, targets)``:
 
 - ``heads``: the :class:`BoxCascadeROIHeads`, read-only: its matchers, batch size, positive
   fraction, and ``label_and_sample`` (Detectron2's labelling and sampling at a stage's IoU);
@@ -29,9 +31,10 @@ from typing import List
 import torch
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.structures import Boxes, Instances, pairwise_iou
-from detectron2.utils.registry import Registry
 
-STAGE_SAMPLER_REGISTRY = Registry("STAGE_SAMPLER")
+from cascade_zoo.utils.registry import NamedRegistry
+
+STAGE_SAMPLER_REGISTRY = NamedRegistry("STAGE_SAMPLER")
 STAGE_SAMPLER_REGISTRY.__doc__ = "How a cascade stage chooses its training boxes (see module doc)."
 
 
@@ -76,12 +79,12 @@ def _fields(instances: Instances, names) -> Instances:
     return out
 
 
-@STAGE_SAMPLER_REGISTRY.register()
+@STAGE_SAMPLER_REGISTRY.register_as("sample")
 class SampleProposals(StageSampler):
     """Fast R-CNN sampling, as Detectron2's ``label_and_sample_proposals``: ground-truth boxes
     added to the proposals (ROI_HEADS.PROPOSAL_APPEND_GT), matched at the stage's IoU, then
     ROI_HEADS.BATCH_SIZE_PER_IMAGE boxes sampled with at most ROI_HEADS.POSITIVE_FRACTION
-    positives. The first stage of the paper and of Detectron2. Registered as "sample".
+    positives. The first stage of the paper and of Detectron2.
 
     ``batch_size_per_image`` / ``positive_fraction`` override the heads' settings, for branches
     of a stage that sample with their own (e.g. parallel modules with different ratios)."""
@@ -100,11 +103,11 @@ class SampleProposals(StageSampler):
         return heads.label_and_sample(stage, proposals, targets, **self.settings)
 
 
-@STAGE_SAMPLER_REGISTRY.register()
+@STAGE_SAMPLER_REGISTRY.register_as("refined")
 class RefinedBoxes(StageSampler):
     """All boxes refined by the previous stage, labelled at this stage's IoU threshold, none
     added or dropped (the paper's re-sampling by regression, Sec. 4.3; Detectron2's
-    CascadeROIHeads). Registered as "refined"."""
+    CascadeROIHeads)."""
 
     keeps_order = True
 
@@ -115,39 +118,27 @@ class RefinedBoxes(StageSampler):
         ]
 
 
-@STAGE_SAMPLER_REGISTRY.register()
+@STAGE_SAMPLER_REGISTRY.register_as("resample")
 class ResampleRefinedBoxes(SampleProposals):
     """The previous stage's refined boxes, re-sampled like the first stage (batch size and
     positive fraction) at this stage's IoU threshold. Ground truth is whatever
     LATER_STAGE_GT made of them: with "readd" (the default) the regressed copies of ground-truth
-    boxes are gone and the exact ground truth is in, which is mmdetection's cascade. Registered
-    as "resample"."""
+    boxes are gone and the exact ground truth is in, which is mmdetection's cascade."""
 
     def __call__(self, heads, stage, proposals, targets):
         proposals = [_flagged(p) for p in _with_objectness(proposals)]
         return heads.label_and_sample(stage, proposals, targets, **self.settings)
 
 
-# Names used in configs.
-SAMPLER_NAMES = {
-    "sample": SampleProposals,
-    "refined": RefinedBoxes,
-    "resample": ResampleRefinedBoxes,
-}
-
-
 def build_stage_sampler(name: str, cfg=None) -> StageSampler:
-    """A sampler by its config name ("sample", "refined", "resample") or registered class name."""
-    cls = SAMPLER_NAMES.get(name)
-    if cls is None:
-        try:
-            cls = STAGE_SAMPLER_REGISTRY.get(name)
-        except KeyError:
-            known = sorted(set(SAMPLER_NAMES) | set(STAGE_SAMPLER_REGISTRY._obj_map))
-            raise KeyError(
-                f"MODEL.BOX_CASCADE.STAGE_SAMPLERS: unknown sampler '{name}'; known: {known}"
-            ) from None
-    return cls(cfg)
+    """The sampler registered as ``name`` in STAGE_SAMPLER_REGISTRY ("sample", "refined",
+    "resample", or a paper's, e.g. "UniformIoUSampler"), built with ``cfg``."""
+    if name not in STAGE_SAMPLER_REGISTRY:
+        raise KeyError(
+            f"MODEL.BOX_CASCADE.STAGE_SAMPLERS: unknown sampler '{name}'; known: "
+            f"{sorted(STAGE_SAMPLER_REGISTRY.names())}"
+        )
+    return STAGE_SAMPLER_REGISTRY.get(name)(cfg)
 
 
 def label_boxes(proposals: Instances, targets: Instances, matcher, num_classes: int) -> Instances:

@@ -5,7 +5,9 @@ import argparse
 import importlib
 import logging
 import os
-from typing import List, Sequence, Union
+import re
+import warnings
+from typing import Dict, List, Sequence, Union
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -51,15 +53,64 @@ def add_cascade_zoo_config(cfg: CN) -> None:
 # The project's packages, each with ``add_<package>_config``; importing one registers its heads.
 PROJECT_PACKAGES = ("cascade_zoo", "box_cascade", "rga_prm", "r3_cnn", "fs_cascade", "iou_uniform")
 
+# Keys that were renamed: old name -> current name, in the order of the renames (a key renamed
+# twice has both old names here, each mapped to the current one). A config file, at any level of
+# its _BASE_ chain, or a KEY VALUE override may still use the old name: it sets the current key,
+# with a FutureWarning. A results' config hash counts a renamed key under its first name
+# (cascade_zoo.results.identity), so a rename alone leaves recorded results valid.
+RENAMED_KEYS = {
+    # it scales the stage heads' gradients; the learning rate stays the optimizer's
+    "MODEL.BOX_CASCADE.HEAD_LR_RESCALE": "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE",
+}
+
+
+class ZooCfgNode(CN):
+    """Detectron2's CfgNode that also reads the old names of renamed keys (RENAMED_KEYS), in
+    config files and in ``merge_from_list``."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict:
+        # Detectron2 loads each _BASE_ through this method, so the files of a chain are renamed
+        # before a file is merged over its base: the old name in a file overrides the new one
+        # in its base, and the other way round.
+        loaded = super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        for old, new in RENAMED_KEYS.items():
+            *parents, leaf = old.split(".")
+            node = loaded
+            for name in parents:
+                node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf in node:
+                _warn_renamed(old, new, filename)
+                *parents, new_leaf = new.split(".")
+                value, target = node.pop(leaf), loaded
+                for name in parents:
+                    target = target.setdefault(name, {})
+                target[new_leaf] = value
+        return loaded
+
+    def merge_from_list(self, cfg_list: list):
+        cfg_list = list(cfg_list)
+        for i in range(0, len(cfg_list) - 1, 2):
+            if cfg_list[i] in RENAMED_KEYS:
+                _warn_renamed(cfg_list[i], RENAMED_KEYS[cfg_list[i]], "the KEY VALUE overrides")
+                cfg_list[i] = RENAMED_KEYS[cfg_list[i]]
+        return super().merge_from_list(cfg_list)
+
+
+def _warn_renamed(old: str, new: str, where: str) -> None:
+    message = f"{old} (in {where}) is deprecated: it was renamed {new}, which it sets"
+    warnings.warn(message, FutureWarning, stacklevel=2)
+
 
 def get_zoo_cfg() -> CN:
     """Detectron2's default config plus every project package's keys (importing the packages
-    registers their heads)."""
+    registers their heads), as a :class:`ZooCfgNode` (every node of it: yacs merges a node only
+    into one of the same class)."""
     cfg = get_cfg()
     for name in PROJECT_PACKAGES:
         module = importlib.import_module(name)
         getattr(module, f"add_{name}_config")(cfg)
-    return cfg
+    return ZooCfgNode(cfg)
 
 
 def config_files(config_file: Union[str, os.PathLike, Sequence, None]) -> List[str]:
@@ -70,6 +121,28 @@ def config_files(config_file: Union[str, os.PathLike, Sequence, None]) -> List[s
     if isinstance(config_file, (str, os.PathLike)):
         config_file = [config_file]
     return [os.fspath(f) for f in config_file if f]
+
+
+# A train_net.py command in a config file's leading comment: how a delta (a file without
+# _BASE_, e.g. an ablation) is applied, "--config-file configs/BASE.yaml --config-file
+# configs/DELTA.yaml", one command per config it applies over.
+_COMMAND = re.compile(r"^#.*\btrain_net\.py((?: --config-file configs/\S+\.yaml)+)(?:\s|$)")
+
+
+def documented_compositions(path: Union[str, os.PathLike]) -> List[List[str]]:
+    """The config files (relative to ``configs/``) of each ``train_net.py`` command in the leading
+    comment of a config file, e.g. ``[["CascadeRCNN/cascade_rcnn_R_50_FPN_1x.yaml",
+    "CascadeRCNN/ablations/integral_loss.yaml"], ...]``: the configs a delta declares it applies
+    over (tests compose each one)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            match = _COMMAND.match(line)
+            if match:
+                out.append(re.findall(r"--config-file configs/(\S+\.yaml)", match.group(1)))
+    return out
 
 
 def setup_cfg(config_file: Union[str, Sequence[str]] = "", opts=(), *, freeze: bool = True) -> CN:
@@ -106,7 +179,7 @@ def argument_parser(epilog: str = None) -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` (``--num-gpus``, ``--resume``, ``--eval-only``,
     ``opts`` ...) with a repeatable ``--config-file``: the files are merged in order (see
     :func:`setup_cfg`), e.g. ``--config-file configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x.yaml
-    --config-file configs/CascadeRCNN/ablations/2_stages.yaml``. ``args.config_file`` is a list
+    --config-file configs/CascadeRCNN/ablations/integral_loss.yaml``. ``args.config_file`` is a list
     (None when not given)."""
     from detectron2.engine import default_argument_parser
 

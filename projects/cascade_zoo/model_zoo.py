@@ -9,7 +9,7 @@
   imported) maps that prefix to the model-zoo base: ``$CASCADE_ZOO_MODEL_ZOO`` (a directory, or
   an ``http(s)://`` URL whose files are downloaded and cached by iopath), by default
   ``$CASCADE_ZOO_CACHE/model_zoo`` (``$CASCADE_ZOO_CACHE`` defaults to ``<repo>/.cache``).
-  ``tools/run_benchmark.py`` publishes its runs there (their training checkpoints as they are;
+  ``tools/run_results.py`` publishes its runs there (their training checkpoints as they are;
   :func:`publish_model` writes model-only ones). A file the base lacks is read from
   the repository's own copy under ``benchmarks/model_zoo/`` if it ships one (the benchmark's
   pretrained backbone: every clone starts from the same weights without re-making them).

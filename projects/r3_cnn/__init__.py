@@ -6,10 +6,12 @@ threshold, on the box-cascade core. Importing it registers ``R3CNNROIHeads``, th
 from . import results  # noqa: F401  (registers its part of the benchmark's reports)
 from .box_head import NonLocalBlock, NonLocalConvBoxHead
 from .config import add_r3_cnn_config
+from .masks import LoopsShareMaskHead
 from .roi_heads import R3CNNROIHeads, max_of_logits
 
 __all__ = [
     "add_r3_cnn_config",
+    "LoopsShareMaskHead",
     "NonLocalBlock",
     "NonLocalConvBoxHead",
     "R3CNNROIHeads",

@@ -10,8 +10,8 @@ The loops themselves are the box-cascade core's stages sharing one head
   L_t trained ones runs the same shared head with the last loop's regression weights (the core's
   StagePlan rule; an IoU threshold is a training quantity and plays no part at test);
 - per-loop loss weights: ``MODEL.BOX_CASCADE.LOSS_WEIGHTING "explicit"`` +
-  ``STAGE_LOSS_WEIGHTS`` (official code: 1, 0.75, 0.5), with ``HEAD_LR_RESCALE False``: the shared
-  head learns from the sum of the loops' weighted losses at the base learning rate;
+  ``STAGE_LOSS_WEIGHTS`` (official code: 1, 0.75, 0.5), with ``HEAD_GRADIENT_RESCALE False``: the
+  shared head learns from the sum of the loops' weighted losses at the base learning rate;
 - per-loop re-sampling (512 RoIs, 25 % positives, the official behaviour):
   ``MODEL.BOX_CASCADE.STAGE_SAMPLERS ["sample", "resample", ...]``; the core's carry-all mode:
   ``["sample", "refined", ...]``;

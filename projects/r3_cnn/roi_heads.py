@@ -7,27 +7,23 @@ loops).
 Shapes: R boxes, C channels, M mask resolution, K foreground classes, L_t training loops.
 """
 
-from typing import Dict, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads import StandardROIHeads
-from detectron2.modeling.roi_heads.mask_head import (
-    MaskRCNNConvUpsampleHead,
-    mask_rcnn_inference,
-    mask_rcnn_loss,
-)
-from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 from torch import nn
 
 from box_cascade import BoxCascadeROIHeads
 from box_cascade.ensembles import register_test_ensemble
+from box_cascade.masks import EveryStageMask
 from box_cascade.samplers import ResampleRefinedBoxes
 
 from .mask_iou import MaskIoUHead, mask_iou_targets
+from .masks import LoopsShareMaskHead
 
 __all__ = ["MASK_BOXES", "R3CNNROIHeads", "max_of_logits"]
 
@@ -86,30 +82,31 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
                 "MODEL.BOX_CASCADE.SHARED_HEAD must be True for R3CNNROIHeads: R3-CNN applies one "
                 "box head and predictor in every loop"
             )
-        if bc.HEAD_LR_RESCALE and bc.LOSS_WEIGHTING != "detectron2":
+        if bc.HEAD_GRADIENT_RESCALE and bc.LOSS_WEIGHTING != "detectron2":
             raise ValueError(
-                "MODEL.BOX_CASCADE.HEAD_LR_RESCALE must be False for R3CNNROIHeads: the one head "
-                "(and mask head) of all loops learns at the base learning rate from the sum of "
-                "the loops' weighted losses, with weight decay applied once per step"
+                "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE must be False for R3CNNROIHeads: the one "
+                "head (and mask head) of all loops learns at the base learning rate from the sum "
+                "of the loops' weighted losses, with weight decay applied once per step"
             )
         if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
             raise ValueError(
                 "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG must be True for R3CNNROIHeads: its one "
                 "regressor is class-agnostic"
             )
+        every_loop = isinstance(cls.mask_strategy_from_config(cfg), LoopsShareMaskHead)
         if cfg.MODEL.R3_CNN.MASK_INFO_FLOW:
             if not cfg.MODEL.MASK_ON:
                 raise ValueError(
                     "MODEL.R3_CNN.MASK_INFO_FLOW needs MODEL.MASK_ON True (it links the mask "
                     "predictions of the loops)"
                 )
-            if bc.MASK_STRATEGY != "every":
+            if not every_loop:
                 raise ValueError(
                     "MODEL.R3_CNN.MASK_INFO_FLOW needs MODEL.BOX_CASCADE.MASK_STRATEGY 'every' "
                     f"(every loop's positives train the mask chain), got {bc.MASK_STRATEGY!r}"
                 )
         r3 = cfg.MODEL.R3_CNN
-        if r3.MASK_IOU_HEAD and not (cfg.MODEL.MASK_ON and bc.MASK_STRATEGY == "every"):
+        if r3.MASK_IOU_HEAD and not (cfg.MODEL.MASK_ON and every_loop):
             raise ValueError(
                 "MODEL.R3_CNN.MASK_IOU_HEAD needs MODEL.MASK_ON True and "
                 "MODEL.BOX_CASCADE.MASK_STRATEGY 'every' (it scores the masks of every loop's "
@@ -124,10 +121,20 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
         return ret
 
     @classmethod
+    def mask_strategy_from_config(cls, cfg):
+        """The core's strategy, but "every" is :class:`~r3_cnn.masks.LoopsShareMaskHead`: the
+        loops share one mask head as they share the box head ("first" and "last" have one
+        head already)."""
+        strategy = super().mask_strategy_from_config(cfg)
+        if isinstance(strategy, EveryStageMask):
+            return LoopsShareMaskHead(strategy.num_stages)
+        return strategy
+
+    @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        # One mask head whatever the strategy ("every" here means every loop's positives train
-        # the shared head), not the core's head per stage.
-        ret = StandardROIHeads._init_mask_head.__func__(cls, cfg, input_shape)
+        """The strategy's one mask head, and the modules of the information flow and of the
+        mask-IoU head."""
+        ret = super()._init_mask_head(cfg, input_shape)
         if cfg.MODEL.MASK_ON and cfg.MODEL.R3_CNN.MASK_INFO_FLOW:
             head = ret["mask_head"]
             if not isinstance(head, MaskRCNNConvUpsampleHead):
@@ -176,26 +183,6 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
             out.append(later(self, record.stage, proposals, targets))
         return out
 
-    def mask_losses(self, features, stage_proposals) -> Dict[str, torch.Tensor]:
-        """Strategy "every": each loop's positives train the one mask head (through the chain of
-        t+1 links for loop t with the information flow), times the loop's weight; "first" /
-        "last" as in the core."""
-        if self.mask_strategy != "every":
-            return super().mask_losses(features, stage_proposals)
-        head = self.mask_head
-        losses = {}
-        for t, proposals in enumerate(stage_proposals):
-            fg, _ = select_foreground_proposals(proposals, self.num_classes)
-            x = self.mask_inputs(features, [p.proposal_boxes for p in fg])
-            logits = self.mask_chain(x, t + 1)[-1] if self.mask_flow else head.layers(x)
-            loss = mask_rcnn_loss(logits, fg, head.vis_period) * head.loss_weight
-            losses[f"loss_mask_stage{t}"] = loss * self.plan.loss_weights[t]
-            if self.mask_iou_head is not None:
-                losses[f"loss_mask_iou_stage{t}"] = self.mask_iou_loss(x, logits, fg) * (
-                    self.mask_iou_loss_weight * self.plan.loss_weights[t]
-                )
-        return losses
-
     def mask_iou_loss(self, x, mask_logits, fg) -> torch.Tensor:
         """L2 loss of the predicted IoU of the ground-truth class's mask against its IoU with the
         ground-truth mask, averaged over the positives (0 without positives)."""
@@ -224,20 +211,6 @@ class R3CNNROIHeads(BoxCascadeROIHeads):
                 y = layer(y)
             logits.append(y)
         return logits
-
-    def _forward_mask(self, features, instances):
-        if self.training or not self.mask_on:
-            return super()._forward_mask(features, instances)
-        x = self.mask_inputs(features, [i.pred_boxes for i in instances])
-        if self.mask_flow is None:
-            logits = self.mask_head.layers(x)
-        else:
-            links = self.mask_chain(x, self.num_cascade_stages)
-            logits = torch.logit(sum(torch.sigmoid(y) for y in links) / len(links), eps=1e-6)
-        mask_rcnn_inference(logits, instances)
-        if self.mask_iou_head is not None:
-            self.score_masks(x, instances)
-        return instances
 
     def score_masks(self, x, instances) -> None:
         """``mask_scores`` = score x the predicted IoU of each detection's mask (and ``scores``

@@ -1,16 +1,19 @@
 """Every ablation config of the paper resolves to the settings the paper gives (Tables 1, 3, 4 and
-Sec. 6.3), written out here as a literal table; a COCO ablation and its shapes version differ
-only in their base."""
+Sec. 6.3), written out here as a literal table; an ablation is one delta applied over the COCO
+config and over its shapes version (Table 4's stage counts: a COCO file and a shapes file that
+differ only in their base)."""
 
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_ablation_under_the_protocol
-from core_helpers import cfg_of
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_roi_heads
+from helpers.core import cfg_of
 
-from box_cascade.samplers import SAMPLER_NAMES
+from box_cascade.samplers import STAGE_SAMPLER_REGISTRY
+from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 from cascade_zoo.engine.optim import build_optimizer
 
 CONFIGS = ROOT / "configs" / "CascadeRCNN"
@@ -58,14 +61,24 @@ PAPER = {
 }  # fmt: skip
 
 
+COCO, SHAPES = (
+    CONFIGS / "cascade_rcnn_R_50_FPN_1x.yaml",
+    CONFIGS / "cascade_rcnn_R_18_FPN_shapes.yaml",
+)
+# Table 4's stage counts stay a COCO file and a shapes file: configs/Benchmark/ builds on the latter
+PAIRS = ("1_stage", "2_stages", "4_stages")
+# Table 9's mask strategies, deltas over the Cascade Mask R-CNN configs (strategy b)
+MASK_STRATEGIES = ("last", "every")
+
+
 def _files(name):
+    """The COCO and the shapes config of an ablation, each as the files merged in order."""
     if not name:
-        return [
-            CONFIGS / "cascade_rcnn_R_50_FPN_1x.yaml",
-            CONFIGS / "cascade_rcnn_R_18_FPN_shapes.yaml",
-        ]
-    return [ABLATIONS / f"cascade_rcnn_R_50_FPN_1x_{name}.yaml",
-            ABLATIONS / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml"]  # fmt: skip
+        return [[COCO], [SHAPES]]
+    if name in PAIRS:
+        return [[ABLATIONS / f"cascade_rcnn_R_50_FPN_1x_{name}.yaml"],
+                [ABLATIONS / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml"]]  # fmt: skip
+    return [[COCO, ABLATIONS / f"{name}.yaml"], [SHAPES, ABLATIONS / f"{name}.yaml"]]
 
 
 def _heads(cfg):
@@ -76,8 +89,8 @@ def _heads(cfg):
 
 def test_every_ablation_config_is_in_the_table():
     names = {p.name for p in ABLATIONS.glob("*.yaml")}
-    listed = {f.name for name in PAPER if name for f in _files(name)}
-    assert names == listed
+    listed = {files[-1].name for name in PAPER if name for files in _files(name)}
+    assert names == listed | {f"mask_{strategy}.yaml" for strategy in MASK_STRATEGIES}
 
 
 @pytest.mark.parametrize("name", list(PAPER), ids=lambda n: n or "paper")
@@ -86,7 +99,7 @@ def test_ablation_resolves_to_the_papers_settings(name):
         name
     ]
     for path in _files(name):
-        cfg = cfg_of(path)
+        cfg = setup_cfg(path)
         heads = _heads(cfg)
         assert tuple(m.thresholds[1] for m in heads.proposal_matchers) == ious, path
         got_weights = [heads.box_predictor[heads.plan.predictor_index(t)].box2box_transform.weights
@@ -105,7 +118,7 @@ def test_ablation_resolves_to_the_papers_settings(name):
                 p = heads.plan.predictor_indices[t]
                 assert rule[f"box_predictor.{p}.cls_score.weight"] == pytest.approx(factor)
         assert tuple(type(s) for s in heads.stage_samplers) == tuple(
-            SAMPLER_NAMES[s] for s in samplers
+            STAGE_SAMPLER_REGISTRY.get(s) for s in samplers
         )
         assert heads.test_ensemble == ensemble
         assert heads.plan.num_run_at_test == test_stages
@@ -142,10 +155,26 @@ def _body(path: Path) -> str:
 
 
 @pytest.mark.parametrize("name", [n for n in PAPER if n])
-def test_coco_and_shapes_ablations_differ_only_in_their_base(name):
+def test_an_ablation_is_one_delta_over_coco_and_shapes(name):
     coco, shapes = _files(name)
-    assert _body(coco) == _body(shapes)
-    assert coco.read_text() != shapes.read_text()
+    if name in PAIRS:
+        assert _body(coco[0]) == _body(shapes[0])
+        assert coco[0].read_text() != shapes[0].read_text()
+    else:  # the delta's header names the two configs it applies over
+        rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in (coco, shapes)]
+        assert documented_compositions(coco[-1]) == rel
+
+
+@pytest.mark.parametrize("strategy", MASK_STRATEGIES)
+def test_mask_strategy_deltas_apply_over_the_cascade_mask_configs(strategy):
+    delta = ABLATIONS / f"mask_{strategy}.yaml"
+    for base in ("cascade_mask_rcnn_R_50_FPN_1x.yaml", "cascade_mask_rcnn_R_18_FPN_shapes.yaml"):
+        assert [f"CascadeRCNN/{base}", f"CascadeRCNN/ablations/{delta.name}"] in (
+            documented_compositions(delta)
+        )
+        cfg = setup_cfg([CONFIGS / base, delta])
+        assert cfg.MODEL.MASK_ON and cfg.MODEL.BOX_CASCADE.MASK_STRATEGY == strategy
+        assert setup_cfg(CONFIGS / base).MODEL.BOX_CASCADE.MASK_STRATEGY == "first"
 
 
 @pytest.mark.parametrize("name", ["1_stage", "2_stages", "4_stages"])

@@ -7,10 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 from conftest import run_tool
-from core_helpers import CORE, cfg_of, model_of, spread_predictor_weights
 from detectron2.data import DatasetCatalog
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, BoxMode
+from helpers.core import CORE, cfg_of, model_of, spread_predictor_weights
 
 from box_cascade.cross_stage import _test_loader_with_annotations, cross_stage_detections
 

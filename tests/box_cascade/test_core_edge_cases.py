@@ -3,9 +3,9 @@ positives) and on inconsistent configs."""
 
 import pytest
 import torch
-from core_helpers import CORE, CORE_MASK, cfg_of, eval_inputs, model_of, train_batch
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers.core import CORE, CORE_MASK, cfg_of, eval_inputs, model_of, train_batch
 
 
 def _finite(losses):
@@ -142,7 +142,7 @@ def test_shared_head_and_more_test_stages_than_trained():
     # R3-CNN-like: three training stages sharing one head
     cfg = cfg_of(CORE, "MODEL.BOX_CASCADE.SHARED_HEAD", True,
                  "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(((10.0, 10.0, 5.0, 5.0),) * 3),
-                 "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False)  # fmt: skip
+                 "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False)  # fmt: skip
     model = model_of(cfg)
     assert len(model.roi_heads.box_head) == 1 and model.roi_heads.plan.head_indices == (0, 0, 0)
     model.train()

@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 from conftest import load_checkpoint_warnings
-from core_helpers import (
+from detectron2.checkpoint import DetectionCheckpointer
+from helpers.core import (
     AS_CORE_D2,
     D2_CASCADE,
     D2_CASCADE_MASK,
@@ -20,7 +21,6 @@ from core_helpers import (
     spread_predictor_weights,
     train_batch,
 )
-from detectron2.checkpoint import DetectionCheckpointer
 
 ONE_STAGE = [
     "MODEL.META_ARCHITECTURE", "BoxCascadeRCNN",

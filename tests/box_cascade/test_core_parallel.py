@@ -3,7 +3,7 @@ K = 1 it is the core."""
 
 import pytest
 import torch
-from core_helpers import (
+from helpers.core import (
     CORE,
     assert_same_instances,
     cfg_of,

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from core_helpers import (
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from helpers.core import (
     CORE,
     CORE_MASK,
     assert_same_instances,
@@ -21,9 +24,6 @@ from core_helpers import (
     spread_predictor_weights,
     train_batch,
 )
-from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from box_cascade import StageRecord, stage_loss_weights
 from cascade_zoo.engine.optim import build_optimizer
@@ -79,7 +79,7 @@ def _sgd_steps(cfg, model, batch, steps=1):
 
 UNWEIGHTED = ["MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
               "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 1.0, 1.0]",
-              "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False]  # fmt: skip
+              "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False]  # fmt: skip
 SGD_MOMENTUM_DECAY = ["SOLVER.MOMENTUM", 0.9, "SOLVER.WEIGHT_DECAY", 0.05,
                       "SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.BASE_LR", 0.01]  # fmt: skip
 
@@ -674,7 +674,8 @@ def test_training_iou_statistics_match_a_literal_histogram():
 def test_integral_loss_detector_shares_head_and_regressor_and_relabels_the_same_boxes():
     from conftest import ROOT
 
-    config = ROOT / "configs/CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_integral_loss_shapes.yaml"
+    d = ROOT / "configs" / "CascadeRCNN"  # the integral-loss delta over the shapes config
+    config = [d / "cascade_rcnn_R_18_FPN_shapes.yaml", d / "ablations" / "integral_loss.yaml"]
     cfg = cfg_of(config, "DATASETS.TRAIN", '("shapes_tiny_train",)',
                  "DATASETS.TEST", '("shapes_tiny_val",)', "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
                  "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "INPUT.MIN_SIZE_TRAIN", "(160,)",

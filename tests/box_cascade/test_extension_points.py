@@ -1,16 +1,24 @@
 """Contract tests of the core's extension points: each is used by a small subclass here, doing
 what a paper of the project will do with it (per-box stage memory, parallel modules, a branch
 trained on its own generated boxes with an extra output and rescoring before NMS, a schedule of
-the R-CNN gradients, shared modules with per-loop weights, an extra evaluator)."""
+the R-CNN gradients, shared modules with per-loop weights, mask strategies, an extra
+evaluator)."""
 
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from core_helpers import (
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
+from helpers.core import (
     CORE,
+    CORE_MASK,
     cfg_of,
+    detections_of,
     eval_inputs,
     losses_of,
     model_of,
@@ -18,20 +26,19 @@ from core_helpers import (
     roi_train_pass,
     train_batch,
 )
-from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes, Instances, pairwise_iou
-from detectron2.utils.events import EventStorage
 from torch import nn
 
 from box_cascade import (
+    MASK_STRATEGY_REGISTRY,
     STAGE_SAMPLER_REGISTRY,
     BoxCascadeROIHeads,
+    MaskStrategy,
     StageRecord,
     StageSampler,
     merge_branch_predictions,
 )
 from box_cascade.head_rule import StageModule
+from box_cascade.masks import EveryStageMask
 from box_cascade.samplers import SampleProposals, label_boxes
 from box_cascade.stages import d2_pair
 from cascade_zoo.engine.gradients import GradientScale, GradientScaleHook
@@ -431,7 +438,7 @@ def _grads(model, batch):
 
 
 def test_gradient_schedule_scales_rcnn_gradients_only():
-    opts = ["MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False]
+    opts = ["MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False]
     cfg = cfg_of(CORE, *opts)
     model, reference = model_of(cfg), model_of(cfg)
     reference.load_state_dict(model.state_dict())
@@ -463,7 +470,7 @@ def test_gradient_scale_comes_before_clipping_and_the_sgd_step():
     from cascade_zoo.engine.optim import build_optimizer
 
     plain = ["SOLVER.MOMENTUM", 0.0, "SOLVER.WEIGHT_DECAY", 0.0, "SOLVER.BASE_LR", 0.01,
-             "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False]  # fmt: skip
+             "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False]  # fmt: skip
     for clip in (False, True):
         cfg = cfg_of(CORE, *plain, "SOLVER.CLIP_GRADIENTS.ENABLED", clip,
                      "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "value",
@@ -544,7 +551,7 @@ def test_gradient_scale_under_ddp_equals_the_scaled_mean_gradient():
 def test_shared_head_gets_the_sum_of_every_loops_weighted_gradient():
     loops = ["MODEL.BOX_CASCADE.SHARED_HEAD", True,
              "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(((10.0, 10.0, 5.0, 5.0),) * 3),
-             "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False,
+             "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False,
              "MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit"]  # fmt: skip
     cfg = cfg_of(CORE, *loops, "MODEL.BOX_CASCADE.STAGE_LOSS_WEIGHTS", "[1.0, 0.75, 0.5]")
     weighted = model_of(cfg)
@@ -563,6 +570,83 @@ def test_shared_head_gets_the_sum_of_every_loops_weighted_gradient():
     names = [n for n, _ in unweighted.named_parameters() if n.startswith("roi_heads.box_head.0")]
     for name, w in zip(names, want):
         assert torch.allclose(got[name], w, rtol=1e-4, atol=1e-7), name
+
+
+# ---------------------------------------------------------------- mask strategies
+
+
+@MASK_STRATEGY_REGISTRY.register_as("second_stage_for_test")
+class _SecondStageMaskForTest(MaskStrategy):
+    """The second stage's positives train the one mask head."""
+
+    def training_stages(self):
+        return [1]
+
+
+def test_a_registered_mask_strategy_is_picked_by_its_config_name():
+    cfg = cfg_of(CORE_MASK, "MODEL.BOX_CASCADE.MASK_STRATEGY", "second_stage_for_test")
+    model = model_of(cfg)
+    heads = model.roi_heads
+    assert isinstance(heads.mask_strategy, _SecondStageMaskForTest)
+    _, records, _, _, features = roi_train_pass(model, train_batch(cfg))
+    with EventStorage(0):
+        losses = heads.mask_losses(features, [r.proposals for r in records])
+        fg, _ = select_foreground_proposals(records[1].proposals, heads.num_classes)
+        pooled = heads.mask_inputs(features, [p.proposal_boxes for p in fg])
+        want = heads.mask_head(pooled, fg)["loss_mask"]  # Detectron2's head on stage 2's positives
+    assert len(fg) and torch.equal(losses["loss_mask"], want)
+    with pytest.raises(ValueError) as error:
+        model_of(cfg_of(CORE_MASK, "MODEL.BOX_CASCADE.MASK_STRATEGY", "middle"))
+    message = str(error.value)
+    assert "MODEL.BOX_CASCADE.MASK_STRATEGY" in message and "'middle'" in message
+    for name in ("first", "last", "every", "second_stage_for_test"):
+        assert f"'{name}'" in message
+
+
+class _OneMaskHeadOnEveryStage(EveryStageMask):
+    """Every stage's positives train one mask head, times w_t (R3-CNN's loops do this)."""
+
+    def build_head(self, cfg, head, input_shape):
+        return head
+
+    def stage_module(self):
+        return None
+
+    def losses(self, heads, features, stage_proposals):
+        out = {}
+        for t in self.training_stages():
+            fg, _ = select_foreground_proposals(stage_proposals[t], heads.num_classes)
+            pooled = heads.mask_inputs(features, [p.proposal_boxes for p in fg])
+            loss = heads.mask_head(pooled, fg)["loss_mask"]
+            out[f"loss_mask_stage{t}"] = loss * heads.plan.loss_weights[t]
+        return out
+
+    def inference(self, heads, features, instances):
+        return MaskStrategy.inference(self, heads, features, instances)
+
+
+@ROI_HEADS_REGISTRY.register()
+class _SharedMaskHeadsForTest(BoxCascadeROIHeads):
+    @classmethod
+    def mask_strategy_from_config(cls, cfg):
+        strategy = super().mask_strategy_from_config(cfg)
+        if isinstance(strategy, EveryStageMask):
+            return _OneMaskHeadOnEveryStage(strategy.num_stages)
+        return strategy
+
+
+def test_a_heads_class_gives_its_own_mask_strategy():
+    cfg = cfg_of(CORE_MASK, "MODEL.ROI_HEADS.NAME", "_SharedMaskHeadsForTest",
+                 "MODEL.BOX_CASCADE.MASK_STRATEGY", "every")  # fmt: skip
+    model = model_of(cfg)
+    heads = model.roi_heads
+    assert not isinstance(heads.mask_head, nn.ModuleList)  # built by its strategy: one head
+    rule = heads.head_gradient_multipliers()
+    assert rule["mask_head.predictor.weight"] == 1.0 and rule["box_head.2.fc1.weight"] == 4.0
+    losses, _ = losses_of(model, train_batch(cfg))
+    assert {f"loss_mask_stage{t}" for t in range(3)} <= set(losses)
+    out = detections_of(model, eval_inputs(cfg, 1))[0]["instances"]
+    assert len(out) and len(out.pred_masks) == len(out)
 
 
 # ---------------------------------------------------------------- extra evaluators

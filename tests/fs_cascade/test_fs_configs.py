@@ -1,20 +1,19 @@
 """Every FSCascade config loads and builds; the ablations resolve to the paper's switches (Fig. 3,
-Table 1, Sec. 3.2), written out here as a literal table, and each COCO ablation and its shapes
-version differ only in _BASE_; the COCO configs follow the paper's recipe (Sec. 4.1); the
+Table 1, Sec. 3.2), written out here as a literal table, each one delta applied over the COCO
+config and over its shapes version; the COCO configs follow the paper's recipe (Sec. 4.1); the
 benchmark config is the Cascade benchmark's model plus the FSCascade head."""
 
-from pathlib import Path
-
 import pytest
-from conftest import ROOT
+from conftest import ROOT, config_id
 from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 
 CONFIGS = ROOT / "configs" / "FSCascade"
 ABLATIONS = CONFIGS / "ablations"
 BENCHMARK = ROOT / "configs" / "Benchmark"
-ALL = sorted(CONFIGS.rglob("*.yaml")) + [BENCHMARK / "fs_cascade_R_18_FPN_shapes.yaml"]
+COCO, SHAPES = CONFIGS / "fs_cascade_R_50_FPN_20e.yaml", CONFIGS / "fs_cascade_R_18_FPN_shapes.yaml"
 
 # name: (CFS, LOC_HEAD, LFS); "" is the main config, FSCascade itself (Fig. 3d)
 TABLE = {
@@ -29,23 +28,21 @@ TABLE = {
 
 
 def _files(name):
+    """The COCO and the shapes config of an ablation, each as the files merged in order."""
     if not name:
-        return [
-            CONFIGS / "fs_cascade_R_50_FPN_20e.yaml",
-            CONFIGS / "fs_cascade_R_18_FPN_shapes.yaml",
-        ]
-    return [ABLATIONS / f"fs_cascade_R_50_FPN_20e_{name}.yaml",
-            ABLATIONS / f"fs_cascade_R_18_FPN_{name}_shapes.yaml"]  # fmt: skip
+        return [[COCO], [SHAPES]]
+    return [[COCO, ABLATIONS / f"{name}.yaml"], [SHAPES, ABLATIONS / f"{name}.yaml"]]
 
 
-def _body(path: Path):
-    return [line for line in path.read_text().splitlines() if not line.startswith("_BASE_")]
+# the main configs, each ablation over the COCO and the shapes one, the benchmark's
+ALL = [[p] for p in sorted(CONFIGS.glob("*.yaml")) if not p.name.startswith("Base-")]
+ALL += [files for name in TABLE if name for files in _files(name)]
+ALL += [[BENCHMARK / "fs_cascade_R_18_FPN_shapes.yaml"]]
 
 
-@pytest.mark.parametrize("path", [p for p in ALL if not p.name.startswith("Base-")],
-                         ids=lambda p: p.name)  # fmt: skip
-def test_config_loads_and_builds(path):
-    cfg = setup_cfg(str(path), ["MODEL.DEVICE", "cpu"])
+@pytest.mark.parametrize("files", ALL, ids=config_id)
+def test_config_loads_and_builds(files):
+    cfg = setup_cfg(files, ["MODEL.DEVICE", "cpu"])
     heads = build_model(cfg).roi_heads
     fs = cfg.MODEL.FS_CASCADE
     assert type(heads).__name__ == "FSCascadeROIHeads"
@@ -61,18 +58,19 @@ def test_config_loads_and_builds(path):
 
 def test_every_ablation_config_is_in_the_table():
     on_disk = {p.name for p in ABLATIONS.glob("*.yaml")}
-    assert on_disk == {f.name for name in TABLE if name for f in _files(name)}
+    assert on_disk == {f"{name}.yaml" for name in TABLE if name}
 
 
 @pytest.mark.parametrize("name", list(TABLE), ids=lambda n: n or "fscascade")
 def test_ablation_resolves_to_the_papers_switches(name):
     coco, shapes = _files(name)
-    for path in (coco, shapes):
-        fs = setup_cfg(str(path)).MODEL.FS_CASCADE
-        assert (fs.CFS, fs.LOC_HEAD, fs.LFS) == TABLE[name], path
-    if name:
-        assert _body(coco) == _body(shapes) and coco.read_text() != shapes.read_text()
-        cfg = setup_cfg(str(coco))
+    for files in (coco, shapes):
+        fs = setup_cfg(files).MODEL.FS_CASCADE
+        assert (fs.CFS, fs.LOC_HEAD, fs.LFS) == TABLE[name], files
+    if name:  # one delta, whose header names the two configs it applies over
+        rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in (coco, shapes)]
+        assert documented_compositions(coco[-1]) == rel
+        cfg = setup_cfg(coco)
         assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.DATASETS.TRAIN == ("coco_2017_train",)
 
 

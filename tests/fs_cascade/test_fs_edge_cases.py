@@ -5,17 +5,8 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from fs_helpers import (
-    cfg_of,
-    conv1x1,
-    conv3x3_relu,
-    eval_inputs,
-    memory_opts,
-    model_of,
-    roi_train_pass,
-    switches,
-    train_batch,
-)
+from helpers.core import eval_inputs, model_of, roi_train_pass, train_batch
+from helpers.fs import cfg_of, conv1x1, conv3x3_relu, memory_opts, switches
 
 
 def _finite(losses):
@@ -67,7 +58,7 @@ def test_stage_whose_threshold_leaves_no_positives(lfs):
     model = model_of(cfg)
     with torch.no_grad():  # stage 2 moves every box, so that none stays at IoU >= 0.999
         model.roi_heads.box_predictor[1].bbox_pred.bias.copy_(torch.tensor([0.5, 0.5, 0.3, 0.3]))
-    losses, records = roi_train_pass(model, train_batch(cfg))
+    losses, records, *_ = roi_train_pass(model, train_batch(cfg))
     _finite(losses)
     assert all((p.gt_classes == model.roi_heads.num_classes).all() for p in records[2].proposals)
     assert losses["loss_box_reg_stage2"] == 0
@@ -96,7 +87,7 @@ def test_box_features_follow_their_boxes_when_boxes_are_dropped():
         return features(stage, box_features, memory)
 
     heads.refine_boxes, heads.stage_features = refine_with_drops, recording
-    losses, records = roi_train_pass(model, train_batch(cfg))
+    losses, records, *_ = roi_train_pass(model, train_batch(cfg))
     _finite(losses)
     assert sum(records[1].num_boxes) < sum(records[0].num_boxes)  # boxes were dropped
     for k in (1, 2):
@@ -127,7 +118,7 @@ BAD_CONFIGS = [
     (["MODEL.FS_CASCADE.LFS", "serial_memory", *memory_opts("serial_memory"),
       "MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "resample", "refined"]'],
      "MODEL.BOX_CASCADE.STAGE_SAMPLERS: stages \\[2\\] re-sample"),
-    (["MODEL.BOX_CASCADE.SHARED_HEAD", "True", "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", "False",
+    (["MODEL.BOX_CASCADE.SHARED_HEAD", "True", "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", "False",
       "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", str(((10.0, 10.0, 5.0, 5.0),) * 3)],
      "MODEL.BOX_CASCADE.SHARED_HEAD: FSCascade"),
     (["MODEL.BOX_CASCADE.NUM_TEST_STAGES", "4"], "MODEL.BOX_CASCADE.NUM_TEST_STAGES 4"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_train_net
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from fs_helpers import INSTANT
+from helpers.fs import INSTANT
 
 from cascade_zoo.analysis import match_detections
 

@@ -1,5 +1,5 @@
 """Eq. 1 (CFS) and Eq. 2 (LFS), and the parallel and unshared forms, written out slowly in
-fs_helpers.py, equal the heads' outputs: on random pooled features in training, and on a test
+tests/helpers/fs.py, equal the heads' outputs: on random pooled features in training, and on a test
 image through the whole test chain (pooling, regression between stages, every test ensemble,
 NMS)."""
 
@@ -8,15 +8,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes
-from fs_helpers import (
+from helpers.core import eval_inputs, model_of
+from helpers.fs import (
     cfg_of,
     eq2,
     eq2_from_memory,
-    eval_inputs,
     literal_scores,
     literal_stage,
     memory_opts,
-    model_of,
     spread_weights,
     switches,
 )

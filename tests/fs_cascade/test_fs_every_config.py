@@ -2,17 +2,12 @@
 instant-test sizes, with the switches of its name; the train_net end-to-end run is in
 test_fs_end_to_end.py."""
 
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import ROOT
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
-from core_helpers import cfg_of, eval_inputs, instant_step, train_batch  # noqa: E402
+from conftest import ROOT, config_id, shapes_configs
+from helpers.core import cfg_of, eval_inputs, instant_step, train_batch
 
 D = ROOT / "configs" / "FSCascade"
-SHAPES = sorted(p.relative_to(D) for p in D.glob("**/*_shapes.yaml"))
+SHAPES = shapes_configs(D)  # the main one, and each ablation delta over it
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +17,12 @@ def data():
 
 
 def test_the_shapes_configs_are_all_here():
-    assert len(SHAPES) == 1 + len(list((D / "ablations").glob("*_shapes.yaml"))) >= 6
+    assert len(SHAPES) == 1 + len(list((D / "ablations").glob("*.yaml"))) >= 7
 
 
-@pytest.mark.parametrize("path", SHAPES, ids=str)
-def test_config_trains_a_step_and_detects(path, data):
-    cfg, model, losses, out = instant_step(D / path, *data)
+@pytest.mark.parametrize("files", SHAPES, ids=config_id)
+def test_config_trains_a_step_and_detects(files, data):
+    cfg, model, losses, out = instant_step(files, *data)
     fs, heads = cfg.MODEL.FS_CASCADE, model.roi_heads
     stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     assert {f"loss_box_reg_stage{t}" for t in range(stages)} <= set(losses)

@@ -4,7 +4,8 @@ with the switches off neither does."""
 
 import pytest
 import torch
-from fs_helpers import cfg_of, model_of, roi_train_pass, switches, train_batch
+from helpers.core import model_of, roi_train_pass, train_batch
+from helpers.fs import cfg_of, switches
 
 FC = {j: [f"box_head.{j}.fc1.weight", f"box_head.{j}.fc2.weight"] for j in range(3)}
 CONVS = {0: ["loc_head.0.f1.weight", "loc_head.0.f2.weight"],
@@ -26,7 +27,7 @@ def test_stage3_losses_reach_earlier_stages_only_through_sharing(shared):
     cfg = cfg_of(*switches(*mode))
     model = model_of(cfg)
     heads = model.roi_heads
-    losses, _ = roi_train_pass(model, train_batch(cfg))
+    losses, *_ = roi_train_pass(model, train_batch(cfg))
     cls, box = losses["loss_cls_stage2"], losses["loss_box_reg_stage2"]
     assert box > 0, "stage 3 needs positives for this test"
     earlier_fc = FC[0] + FC[1]
@@ -46,7 +47,7 @@ def test_stage3_losses_reach_earlier_stages_only_through_sharing(shared):
 def test_under_cfs_with_the_fc_head_only_the_classification_loss_is_shared():
     cfg = cfg_of(*switches(True, "fc", "none"))
     model = model_of(cfg)
-    losses, _ = roi_train_pass(model, train_batch(cfg))
+    losses, *_ = roi_train_pass(model, train_batch(cfg))
     heads = model.roi_heads
     earlier_fc = FC[0] + FC[1]
     assert all(_reached(losses["loss_cls_stage2"], heads, earlier_fc).values())
@@ -66,7 +67,7 @@ def test_the_cores_head_rule_and_gradient_schedules_cover_the_conv_heads():
     names = set(heads.rcnn_parameter_names())  # what RGA-like schedules scale
     assert set(CONVS[0] + CONVS[1] + CONVS[2]) <= names
     # the installed factor reaches the gradient: 4 on stage 3's convs, 2 on stage 2's
-    losses, _ = roi_train_pass(model, train_batch(cfg))
+    losses, *_ = roi_train_pass(model, train_batch(cfg))
     params = dict(heads.named_parameters())
     watched = [params[n] for n in CONVS[1] + CONVS[2]]
     scaled = torch.autograd.grad(losses["loss_box_reg_stage2"], watched, retain_graph=True)

@@ -11,7 +11,8 @@ import torch
 from conftest import ROOT
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
-from iu_helpers import CASCADE, FASTER, cfg_of, model_of, slow_iou, spread
+from helpers.core import cfg_of, model_of
+from helpers.iu import CASCADE, FASTER, slow_iou, spread
 from torch import nn
 
 from cascade_zoo.analysis import AnalysisInputError

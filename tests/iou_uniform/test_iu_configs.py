@@ -1,17 +1,19 @@
 """IoU-Uniform R-CNN's configs: the ablations resolve to the paper's settings (Tables 4-6 and the
-official code's switches, written out here as a literal table), each COCO ablation and its shapes
-version differ only in _BASE_, every COCO / VOC config loads and the main ones build, the
+official code's switches, written out here as a literal table), each one delta applied over the
+COCO, the shapes and the VOC config (Table 4's rows: a COCO file and a shapes file that differ
+only in _BASE_), every COCO / VOC config loads and the main ones build, the
 cascade's per-stage generation settings and the benchmark configs are as documented, and bad
 configs stop with an error naming the key."""
 
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_ablation_under_the_protocol
+from conftest import ROOT, assert_ablation_under_the_protocol, config_id
 from detectron2.modeling import build_model
-from iu_helpers import CASCADE, FASTER, D
+from helpers.iu import CASCADE, FASTER, D
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 from iou_uniform import IoUUniformROIHeads
 
 ABLATIONS = D / "ablations"
@@ -41,27 +43,31 @@ def _settings(cfg):
             iu.IOU_SAMPLES, iu.NUM_SAMPLES_VS_RPN, iu.THRESHOLD_BEFORE_IOU)  # fmt: skip
 
 
-def _coco(name):
-    return ABLATIONS / f"iou_uniform_faster_rcnn_R_50_FPN_1x_{name}.yaml"
+# Table 4's rows stay a COCO file and a shapes file: configs/Benchmark/ builds on the latter
+PAIRS = ("off", "uniform", "uniform_efo")
+COCO = D / "iou_uniform_faster_rcnn_R_50_FPN_1x.yaml"
+SHAPES = D / "iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml"
+VOC = D / "iou_uniform_faster_rcnn_R_50_FPN_voc.yaml"
 
 
-def _shapes(name):
-    return ABLATIONS / f"iou_uniform_faster_rcnn_R_18_FPN_{name}_shapes.yaml"
+def _files(name):
+    """The COCO and the shapes config of an ablation (and the VOC one of a delta), each as the
+    files merged in order."""
+    if name in PAIRS:
+        return [[ABLATIONS / f"iou_uniform_faster_rcnn_R_50_FPN_1x_{name}.yaml"],
+                [ABLATIONS / f"iou_uniform_faster_rcnn_R_18_FPN_{name}_shapes.yaml"]]  # fmt: skip
+    return [[base, ABLATIONS / f"{name}.yaml"] for base in (COCO, SHAPES, VOC)]
 
 
 def test_every_ablation_config_is_in_the_table():
-    coco = {p.name[len("iou_uniform_faster_rcnn_R_50_FPN_1x_") : -5]
-            for p in ABLATIONS.glob("*_1x_*.yaml")}  # fmt: skip
-    shapes = {p.name[len("iou_uniform_faster_rcnn_R_18_FPN_") : -len("_shapes.yaml")]
-              for p in ABLATIONS.glob("*_shapes.yaml")}  # fmt: skip
-    assert coco == shapes == set(TABLE)
-    assert len(list(ABLATIONS.glob("*.yaml"))) == 2 * len(TABLE)
+    on_disk = {p.name for p in ABLATIONS.glob("*.yaml")}
+    assert on_disk == {files[-1].name for name in TABLE for files in _files(name)}
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_ablation_resolves_to_the_papers_settings(name):
-    for path in (_coco(name), _shapes(name)):
-        cfg = setup_cfg(str(path))
+    for files in _files(name):
+        cfg = setup_cfg(files)
         assert cfg.MODEL.ROI_HEADS.NAME == "IoUUniformROIHeads"
         assert list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == [0.5]
         assert _settings(cfg) == TABLE[name]
@@ -72,9 +78,13 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert iu.MAX_CANDIDATES == 5000  # rounds until each interval has M / N
         # the baseline regresses per class, as the paper's Faster R-CNN
         assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == (name != "off")
-    body = [line for line in _coco(name).read_text().splitlines() if "_BASE_" not in line]
-    other = [line for line in _shapes(name).read_text().splitlines() if "_BASE_" not in line]
-    assert body == other
+    coco, shapes = _files(name)[:2]
+    if name in PAIRS:
+        body = [line for line in coco[0].read_text().splitlines() if "_BASE_" not in line]
+        assert body == [line for line in shapes[0].read_text().splitlines() if "_BASE_" not in line]
+    else:  # one delta, whose header names the configs it applies over
+        rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in _files(name)]
+        assert documented_compositions(coco[-1]) == rel
 
 
 def test_main_configs_hold_the_papers_settings():
@@ -119,12 +129,16 @@ def test_cascade_configs_hold_the_official_codes_stage_settings():
                                                       (3.0, 3.0, 3.0)]  # fmt: skip
 
 
-OTHERS = sorted(p for p in D.glob("**/*.yaml") if not p.name.endswith("_shapes.yaml"))
+# the COCO and VOC configs: the files but the shapes ones and the deltas, each delta over them
+OTHERS = [[p] for p in sorted(D.glob("**/*.yaml"))
+          if not p.name.endswith("_shapes.yaml") and not documented_compositions(p)]  # fmt: skip
+OTHERS += [files for name in sorted(TABLE) if name not in PAIRS
+           for files in _files(name) if files[0] != SHAPES]  # fmt: skip
 
 
-@pytest.mark.parametrize("path", OTHERS, ids=lambda p: p.name)
-def test_every_coco_and_voc_config_loads(path):
-    cfg = setup_cfg(str(path))
+@pytest.mark.parametrize("files", OTHERS, ids=config_id)
+def test_every_coco_and_voc_config_loads(files):
+    cfg = setup_cfg(files)
     assert cfg.MODEL.ROI_HEADS.NAME == "IoUUniformROIHeads"
     assert cfg.MODEL.META_ARCHITECTURE == "BoxCascadeRCNN"
 

@@ -4,7 +4,7 @@ evaluates it (COCO AP and the stage-wise evaluation), from the command line."""
 import json
 
 from conftest import run_train_net
-from iu_helpers import CASCADE
+from helpers.iu import CASCADE
 
 
 def test_train_net_trains_and_evaluates(tmp_path):

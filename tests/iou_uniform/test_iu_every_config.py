@@ -2,11 +2,13 @@
 instant-test sizes."""
 
 import pytest
-from iu_helpers import FASTER, D, eval_inputs, instant_step, train_batch
+from conftest import config_id, shapes_configs
+from helpers.core import eval_inputs, instant_step, train_batch
+from helpers.iu import FASTER, D
 
 from cascade_zoo import setup_cfg
 
-SHAPES = sorted(p.relative_to(D) for p in D.glob("**/*_shapes.yaml"))
+SHAPES = shapes_configs(D)  # the main ones and the ablations (a delta: over the Faster R-CNN)
 
 
 @pytest.fixture(scope="module")
@@ -16,15 +18,17 @@ def data():
 
 
 def test_the_shapes_configs_are_all_here():
-    names = {str(p) for p in SHAPES}
+    names = {files[0].name for files in SHAPES}
     assert {"iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml",
             "iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml"} <= names  # fmt: skip
-    assert len(names) == 2 + len(list((D / "ablations").glob("*_shapes.yaml"))) >= 14
+    # each ablation once: a delta, or a shapes file (its COCO twin aside)
+    ablations = [p for p in (D / "ablations").glob("*.yaml") if "_R_50_" not in p.name]
+    assert len(SHAPES) == 2 + len(ablations) >= 14
 
 
-@pytest.mark.parametrize("path", SHAPES, ids=str)
-def test_config_trains_a_step_and_detects(path, data):
-    cfg, model, losses, out = instant_step(D / path, *data)
+@pytest.mark.parametrize("files", SHAPES, ids=config_id)
+def test_config_trains_a_step_and_detects(files, data):
+    cfg, model, losses, out = instant_step(files, *data)
     iu = cfg.MODEL.IOU_UNIFORM
     stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     for t in range(stages):

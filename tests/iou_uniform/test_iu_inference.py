@@ -7,7 +7,8 @@ changes the scores and not the boxes."""
 import pytest
 import torch
 from detectron2.structures import Boxes
-from iu_helpers import CASCADE, FASTER, cfg_of, eval_inputs, fc, model_of, spread
+from helpers.core import cfg_of, eval_inputs, model_of
+from helpers.iu import CASCADE, FASTER, fc, spread
 from torchvision.ops import nms
 
 import box_cascade.roi_heads as core_module

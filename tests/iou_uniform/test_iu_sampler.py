@@ -7,7 +7,8 @@ determinism under a seed, and Table 5's even resampling."""
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
-from iu_helpers import CASCADE, cfg_of, slow_clip, slow_in_interval, slow_iou, train_batch
+from helpers.core import cfg_of, train_batch
+from helpers.iu import CASCADE, slow_clip, slow_in_interval, slow_iou
 
 import iou_uniform.sampler as sampler_module
 from box_cascade import STAGE_SAMPLER_REGISTRY, build_stage_sampler
@@ -275,7 +276,8 @@ def test_resampling_is_even_over_the_intervals(total):
 
 
 def test_the_sampler_is_registered_and_reads_the_config():
-    from iu_helpers import CASCADE, cfg_of
+    from helpers.core import cfg_of
+    from helpers.iu import CASCADE
 
     assert STAGE_SAMPLER_REGISTRY.get("UniformIoUSampler") is UniformIoUSampler
     sampler = build_stage_sampler("UniformIoUSampler", cfg_of(CASCADE))

@@ -10,25 +10,28 @@ import math
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from iu_helpers import (
-    CASCADE,
+from helpers.core import (
     CORE,
-    FASTER,
-    OFF,
     cfg_of,
     detections_of,
     eval_inputs,
-    fc,
     losses_of,
     model_of,
     roi_train_pass,
+    train_batch,
+)
+from helpers.iu import (
+    CASCADE,
+    FASTER,
+    OFF,
+    PASS_SEED,
+    fc,
     slow_decode,
     slow_deltas,
     slow_interval_index,
     slow_iou,
     slow_smooth_l1,
     spread,
-    train_batch,
 )
 
 from box_cascade import BoxCascadeROIHeads
@@ -53,7 +56,7 @@ def test_losses_equal_the_slow_restatement(reg_samples, iou_samples):
     model = model_of(cfg)
     spread(model)
     heads = model.roi_heads
-    losses, records, _, _, features = roi_train_pass(model, train_batch(cfg))
+    losses, records, _, _, features = roi_train_pass(model, train_batch(cfg), seed=PASS_SEED)
     feats = [features[f] for f in heads.box_in_features]
     main = records[0].proposals
     k = heads.num_classes
@@ -148,7 +151,7 @@ def test_cascade_losses_equal_the_slow_restatement():
     model = model_of(cfg)
     spread(model)
     heads = model.roi_heads
-    losses, records, targets, _, features = roi_train_pass(model, train_batch(cfg))
+    losses, records, targets, _, features = roi_train_pass(model, train_batch(cfg), seed=PASS_SEED)
     feats = [features[f] for f in heads.box_in_features]
     k = heads.num_classes
     assert len(records) == len(CASCADE_STAGES)
@@ -224,7 +227,7 @@ def test_generated_boxes_never_reach_the_next_stage_or_the_classification_sample
     cfg = cfg_of(CASCADE)
     model = model_of(cfg)
     spread(model)
-    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg))
+    _, records, targets, _, _ = roi_train_pass(model, train_batch(cfg), seed=PASS_SEED)
     assert len(records) == 3
     gt = {tuple(b) for t in targets for b in t.gt_boxes.tensor.tolist()}
     for k, record in enumerate(records):
@@ -263,7 +266,7 @@ def test_table5_sample_counts_follow_the_rpn_positives():
             return out
 
         heads.generator = recording
-        _, records, _, _, _ = roi_train_pass(model, train_batch(cfg))
+        _, records, _, _, _ = roi_train_pass(model, train_batch(cfg), seed=PASS_SEED)
         main = records[0].proposals
         generated = records[0].branches["generated"].proposals
         for m, g, pool in zip(main, generated, pools[0]):
@@ -282,7 +285,7 @@ def test_images_without_ground_truth_train():
     batch = train_batch(cfg)
     model = model_of(cfg)
     one_empty = [dict(batch[0], instances=batch[0]["instances"][:0]), batch[1]]
-    losses, records, _, _, _ = roi_train_pass(model, one_empty)
+    losses, records, _, _, _ = roi_train_pass(model, one_empty, seed=PASS_SEED)
     assert len(records[0].branches["generated"].proposals[0]) == 0
     assert len(records[0].branches["generated"].proposals[1]) > 0
     all_empty = [dict(b, instances=b["instances"][:0]) for b in batch]
@@ -299,7 +302,7 @@ def test_head_rule_covers_each_stages_branch():
     batch = train_batch(cfg)
     grads = {}
     for rule in (True, False):
-        model = model_of(cfg_of(CASCADE, "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", rule))
+        model = model_of(cfg_of(CASCADE, "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", rule))
         spread(model)
         model.zero_grad()
         losses, _ = losses_of(model, batch)

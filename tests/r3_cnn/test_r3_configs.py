@@ -1,5 +1,5 @@
 """R3-CNN's configs: every ablation resolves to the paper's settings (Tables 1-3, written out here
-as a literal table), each COCO ablation and its shapes version differ only in _BASE_, the COCO
+as a literal table), each one delta applied over the COCO and the shapes mask config, the COCO
 models' parameter counts against Mask R-CNN and Cascade Mask R-CNN (by arithmetic on the layer
 sizes), bad configs stop with an error naming the key, and train_net trains and evaluates."""
 
@@ -12,6 +12,7 @@ from conftest import ROOT, run_train_net
 from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 
 D = ROOT / "configs" / "R3CNN"
 ABLATIONS = D / "ablations"
@@ -35,21 +36,16 @@ TABLE = {
 }  # fmt: skip
 
 
-def _coco(name):
-    return ABLATIONS / f"r3_cnn_mask_R_50_FPN_1x_{name}.yaml"
+COCO, SHAPES = D / "r3_cnn_mask_R_50_FPN_1x.yaml", D / "r3_cnn_mask_R_18_FPN_shapes.yaml"
 
 
 def test_every_ablation_config_is_in_the_table():
-    on_disk = {p.name[len("r3_cnn_mask_R_50_FPN_1x_") : -5] for p in ABLATIONS.glob("*_1x_*.yaml")}
-    assert on_disk == set(TABLE)
-    shapes = {p.name[len("r3_cnn_mask_R_18_FPN_") : -len("_shapes.yaml")]
-              for p in ABLATIONS.glob("*_shapes.yaml")}  # fmt: skip
-    assert shapes == set(TABLE)
+    assert {p.stem for p in ABLATIONS.glob("*.yaml")} == set(TABLE)
 
 
 def _check_r3(cfg):
     m, bc = cfg.MODEL, cfg.MODEL.BOX_CASCADE
-    assert m.ROI_HEADS.NAME == "R3CNNROIHeads" and bc.SHARED_HEAD and not bc.HEAD_LR_RESCALE
+    assert m.ROI_HEADS.NAME == "R3CNNROIHeads" and bc.SHARED_HEAD and not bc.HEAD_GRADIENT_RESCALE
     assert m.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG and bc.LOSS_WEIGHTING == "explicit"
     assert len({tuple(w) for w in m.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS}) == 1
     assert m.ROI_HEADS.IOU_THRESHOLDS[0] == m.ROI_BOX_CASCADE_HEAD.IOUS[0]
@@ -58,9 +54,9 @@ def _check_r3(cfg):
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_ablation_resolves_to_the_papers_settings(name):
     ious, weights, samplers, gt, test_loops, merge, flow = TABLE[name]
-    shapes = ABLATIONS / f"r3_cnn_mask_R_18_FPN_{name}_shapes.yaml"
-    for path in (_coco(name), shapes):
-        cfg = setup_cfg(str(path))
+    delta = ABLATIONS / f"{name}.yaml"
+    for base in (COCO, SHAPES):
+        cfg = setup_cfg([base, delta])
         bc = cfg.MODEL.BOX_CASCADE
         _check_r3(cfg)
         assert list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == ious
@@ -69,9 +65,9 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert bc.LATER_STAGE_GT == gt and bc.NUM_TEST_STAGES == test_loops
         assert bc.TEST_ENSEMBLE == merge and cfg.MODEL.R3_CNN.MASK_INFO_FLOW == flow
         assert cfg.MODEL.MASK_ON and bc.MASK_STRATEGY == "every"
-    body = [line for line in _coco(name).read_text().splitlines() if "_BASE_" not in line]
-    other = [line for line in shapes.read_text().splitlines() if "_BASE_" not in line]
-    assert body == other
+    # one delta, whose header names the two configs it applies over
+    rel = [[str(f.relative_to(ROOT / "configs")) for f in (base, delta)] for base in (COCO, SHAPES)]
+    assert documented_compositions(delta) == rel
 
 
 def test_main_configs_follow_table_1():
@@ -132,7 +128,8 @@ INSTANT = D / "r3_cnn_instant_test.yaml"
         (D / "r3_cnn_mask_instant_test.yaml", ["MODEL.R3_CNN.MASK_INFO_FLOW", True,
          "MODEL.BOX_CASCADE.MASK_STRATEGY", "first"], "MODEL.BOX_CASCADE.MASK_STRATEGY"),
         (INSTANT, ["MODEL.BOX_CASCADE.SHARED_HEAD", False], "MODEL.BOX_CASCADE.SHARED_HEAD"),
-        (INSTANT, ["MODEL.BOX_CASCADE.HEAD_LR_RESCALE", True], "MODEL.BOX_CASCADE.HEAD_LR_RESCALE"),
+        (INSTANT, ["MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", True],
+         "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE"),
         (INSTANT, ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False],
          "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"),
         (INSTANT, ["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",

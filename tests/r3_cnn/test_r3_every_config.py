@@ -1,19 +1,14 @@
 """Every R3-CNN shapes config (main ones and ablations) trains a step and detects, at instant-test
 sizes; the train_net end-to-end run is in test_r3_configs.py."""
 
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import ROOT
+from conftest import ROOT, config_id, shapes_configs
+from helpers.core import eval_inputs, instant_step, train_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
-from core_helpers import eval_inputs, instant_step, train_batch  # noqa: E402
-
-from cascade_zoo import setup_cfg  # noqa: E402
+from cascade_zoo import setup_cfg
 
 D = ROOT / "configs" / "R3CNN"
-SHAPES = sorted(p.relative_to(D) for p in D.glob("**/*_shapes.yaml"))
+SHAPES = shapes_configs(D)  # the main ones, and each ablation delta over the mask one
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +18,13 @@ def data():
 
 
 def test_the_shapes_configs_are_all_here():
-    names = {str(p) for p in SHAPES}
-    assert "r3_cnn_R_18_FPN_shapes.yaml" in names and len(names) >= 15
+    names = {files[0].name for files in SHAPES}
+    assert "r3_cnn_R_18_FPN_shapes.yaml" in names and len(SHAPES) >= 15
 
 
-@pytest.mark.parametrize("path", SHAPES, ids=str)
-def test_config_trains_a_step_and_detects(path, data):
-    cfg, _, losses, out = instant_step(D / path, *data)
+@pytest.mark.parametrize("files", SHAPES, ids=config_id)
+def test_config_trains_a_step_and_detects(files, data):
+    cfg, _, losses, out = instant_step(files, *data)
     loops = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
     assert {f"loss_cls_stage{t}" for t in range(loops)} <= set(losses)
     if cfg.MODEL.MASK_ON:

@@ -4,15 +4,11 @@ test loops = the Cascade paper's iterative BBox; the box branch = one stage of t
 Cascade), the shared head's gradient and its learning-rate and weight-decay rule."""
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
-from core_helpers import (  # noqa: E402
+from helpers.core import (
     CORE,
     D2_FASTER,
     assert_same_instances,
@@ -25,8 +21,8 @@ from core_helpers import (  # noqa: E402
     spread_predictor_weights,
     train_batch,
 )
-from r3_helpers import detections, labels_at, loop_losses, refine, training_loops  # noqa: E402
-from r3_helpers import test_loops as literal_test_loops  # noqa: E402
+from helpers.r3 import detections, labels_at, loop_losses, refine, training_loops
+from helpers.r3 import test_loops as literal_test_loops
 
 R3 = ROOT / "configs" / "R3CNN" / "r3_cnn_instant_test.yaml"
 CARRY_ALL = ["MODEL.BOX_CASCADE.STAGE_SAMPLERS", '["sample", "refined", "refined"]',
@@ -189,7 +185,8 @@ def test_one_loop_is_faster_rcnn_with_class_agnostic_regression():
     r3_cfg = cfg_of(
         D2_FASTER, *agnostic, "MODEL.META_ARCHITECTURE", "BoxCascadeRCNN",
         "MODEL.ROI_HEADS.NAME", "R3CNNROIHeads", "MODEL.BOX_CASCADE.SHARED_HEAD", True,
-        "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", False, "MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
+        "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", False,
+        "MODEL.BOX_CASCADE.LOSS_WEIGHTING", "explicit",
         *ONE_LOOP, "MODEL.BOX_CASCADE.TEST_ENSEMBLE", "mean_logits",
     )  # fmt: skip
     r3 = model_of(r3_cfg, seed=4)

@@ -2,19 +2,15 @@
 (checked against Detectron2's own mask head on each loop's boxes), the HTC-style information flow
 against a literal chain (losses, gradients, test-time merge), and R3-CNN-L's box head."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import ROOT
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "box_cascade"))
-from core_helpers import (  # noqa: E402
+from helpers.core import (
     cfg_of,
     detections_of,
     eval_inputs,
@@ -23,7 +19,6 @@ from core_helpers import (  # noqa: E402
     spread_predictor_weights,
     train_batch,
 )
-from detectron2.structures import Boxes, Instances  # noqa: E402
 
 MASK = ROOT / "configs" / "R3CNN" / "r3_cnn_mask_instant_test.yaml"
 WEIGHTS = (1.0, 0.75, 0.5)

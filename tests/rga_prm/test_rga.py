@@ -76,13 +76,35 @@ def _clip(grads, clip_type, value):
     return {n: g * min(1.0, value / (total + 1e-6)) for n, g in grads.items()}
 
 
-def _sgd(weights, grads, buffers, no_decay):
+def _sgd(weights, grads, buffers, hyper, momentum):
     """torch's SGD step (dampening 0, no Nesterov) written out, in place: d = g + wd w;
-    b = d at a parameter's first step, else momentum b + d; w = w - lr b."""
+    b = d at a parameter's first step, else momentum b + d; w = w - lr b, with each parameter's
+    (lr, wd) from ``hyper``."""
     for n, g in grads.items():
-        d = g + (0.0 if n in no_decay else WD) * weights[n]
-        buffers[n] = d if n not in buffers else MOMENTUM * buffers[n] + d
-        weights[n] = weights[n] - LR * buffers[n]
+        lr, wd = hyper[n]
+        d = g + wd * weights[n]
+        buffers[n] = d if n not in buffers else momentum * buffers[n] + d
+        weights[n] = weights[n] - lr * buffers[n]
+
+
+def _hyperparameters(cfg, model):
+    """Each parameter's (lr, weight decay) as the config's SOLVER keys say, written out: a
+    normalisation layer's parameters decay at WEIGHT_DECAY_NORM; a bias learns at BASE_LR x
+    BIAS_LR_FACTOR and decays at WEIGHT_DECAY_BIAS when that is set; the rest at BASE_LR and
+    WEIGHT_DECAY."""
+    solver = cfg.SOLVER
+    hyper = {}
+    for m, module in model.named_modules():
+        for n, _ in module.named_parameters(recurse=False):
+            lr, wd = solver.BASE_LR, solver.WEIGHT_DECAY
+            if isinstance(module, NORM_LAYERS) and solver.WEIGHT_DECAY_NORM is not None:
+                wd = solver.WEIGHT_DECAY_NORM
+            if n == "bias":
+                lr = solver.BASE_LR * solver.BIAS_LR_FACTOR
+                if solver.WEIGHT_DECAY_BIAS is not None:
+                    wd = solver.WEIGHT_DECAY_BIAS
+            hyper[f"{m}.{n}" if m else n] = (lr, wd)
+    return hyper
 
 
 class _Snapshots(HookBase):
@@ -110,9 +132,8 @@ def _train_and_replay(cfg, raw_gradients, factor):
     snapshots = _Snapshots()
     trainer.register_hooks([snapshots])
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    no_decay = {f"{m}.{n}" if m else n for m, module in model.named_modules()
-                for n, _ in module.named_parameters(recurse=False)
-                if n == "bias" or isinstance(module, NORM_LAYERS)}  # fmt: skip
+    hyper = _hyperparameters(cfg, model)
+    assert not cfg.SOLVER.NESTEROV and cfg.SOLVER.WARMUP_ITERS == 0 and not cfg.SOLVER.STEPS
     clip = cfg.SOLVER.CLIP_GRADIENTS
     trainer.train()
     assert len(snapshots.weights) == STEPS
@@ -128,7 +149,8 @@ def _train_and_replay(cfg, raw_gradients, factor):
             first = raw
         scaled = {n: g * factor(n, t) for n, g in raw.items()}
         weights = dict(before)
-        _sgd(weights, _clip(scaled, clip.CLIP_TYPE, clip.CLIP_VALUE), buffers, no_decay)
+        clipped = _clip(scaled, clip.CLIP_TYPE, clip.CLIP_VALUE)
+        _sgd(weights, clipped, buffers, hyper, cfg.SOLVER.MOMENTUM)
         for n, want in weights.items():
             got = snapshots.weights[t][n]
             # float32 rounding: of the step's sums, and of the weights themselves
@@ -247,6 +269,36 @@ def _rule(name):
     return 2.0 ** int(m.group(1)) if m else 1.0
 
 
+def _replay_detector(cfg, plain_cfg):
+    """:func:`_train_and_replay` of a detector, the losses' gradients taken from a second model
+    built from ``plain_cfg`` (without RGA and the head rule) at the trainer's weights, scaled by
+    lambda(t) on the R-CNN module (every box head and predictor, of every stage and parallel
+    module) and by the head rule. Returns (the model, step 1's raw gradients, the R-CNN
+    parameter names)."""
+    plain = ZooTrainer.build_model(plain_cfg)
+    plain.train()
+    params = dict(plain.named_parameters())
+
+    def raw_gradients(weights, batch):
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        plain.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        with EventStorage(0):
+            sum(plain(batch).values()).backward()
+        return {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+
+    rcnn = {n for n in params if re.match(r"roi_heads\.(parallel_)?box_(head|predictor)\.", n)}
+
+    def factor(name, t):
+        return (_lambda(t) if name in rcnn else 1.0) * _rule(name)
+
+    torch.manual_seed(0)
+    model, raw = _train_and_replay(cfg, raw_gradients, factor)
+    return model, raw, rcnn
+
+
 @pytest.mark.parametrize(
     "config,clip_type,clip_value",
     [(FASTER, "norm", 2.0), (CASCADE, "full_model", 2.0)],
@@ -264,29 +316,9 @@ def test_rga_lambda_reaches_the_sgd_update_of_the_detectors(
             "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", clip_value, "OUTPUT_DIR", tmp_path]  # fmt: skip
     cfg = setup_cfg(str(config), [str(o) for o in opts])
     plain_cfg = setup_cfg(str(config), [str(o) for o in opts] + [
-        "MODEL.RGA.ENABLED", "False", "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", "False"])  # fmt: skip
-    plain = ZooTrainer.build_model(plain_cfg)
-    plain.train()
-    params = dict(plain.named_parameters())
-
-    def raw_gradients(weights, batch):
-        with torch.no_grad():
-            for n, w in weights.items():
-                params[n].copy_(w)
-        plain.zero_grad(set_to_none=True)
-        torch.manual_seed(0)
-        with EventStorage(0):
-            sum(plain(batch).values()).backward()
-        return {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
-
-    # the R-CNN module: every box head and predictor, of every stage and parallel module
-    rcnn = {n for n in params if re.match(r"roi_heads\.(parallel_)?box_(head|predictor)\.", n)}
-
-    def factor(name, t):
-        return (_lambda(t) if name in rcnn else 1.0) * _rule(name)
-
-    torch.manual_seed(0)
-    model, raw = _train_and_replay(cfg, raw_gradients, factor)
+        "MODEL.RGA.ENABLED", "False",
+        "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", "False"])  # fmt: skip
+    model, raw, rcnn = _replay_detector(cfg, plain_cfg)
     assert set(rga_parameter_names(model)) == rcnn
     assert any(n.startswith("roi_heads.parallel_box_predictor.") for n in rcnn)
     assert (config == CASCADE) == any(_rule(n) != 1.0 for n in rcnn)
@@ -312,3 +344,40 @@ def test_rga_off_adds_no_hook():
     cfg = setup_cfg(str(FASTER), ["MODEL.RGA.LAMBDA0", "0.9"])
     with pytest.raises(ValueError, match="MODEL.RGA.LAMBDA0"):
         build_rga_hooks(cfg)
+
+
+PROTOCOL = ROOT / "configs" / "Protocols" / "shapes_v4.yaml"
+
+
+def test_rga_lambda_reaches_the_sgd_update_under_the_benchmark_protocol(tmp_path):
+    """Cascade R-CNN + RGA + PRM under the benchmark protocol's own optimizer (its learning rate,
+    momentum, weight decay and gradient clipping, read from configs/Protocols/shapes_v4.yaml, with
+    its frozen batch norm and frozen stem): three steps against SGD written out. Only the schedule
+    (warm-up, drops, length), the sampling and the start are the test's."""
+    protocol = setup_cfg([str(CASCADE), str(PROTOCOL)], ["MODEL.WEIGHTS", ""])
+    assert protocol.SOLVER.CLIP_GRADIENTS.ENABLED
+    assert protocol.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"  # no per-tensor clipping
+    assert protocol.SOLVER.MOMENTUM > 0 and protocol.SOLVER.WEIGHT_DECAY > 0
+    schedule = ["SOLVER.WARMUP_ITERS", 0, "SOLVER.STEPS", "()", "SOLVER.MAX_ITER", STEPS,
+                "SOLVER.CHECKPOINT_PERIOD", 1000, "MODEL.WEIGHTS", "",
+                "MODEL.RGA.ENABLED", True, "MODEL.RGA.LAMBDA0", LAMBDA0, "MODEL.RGA.ANNEAL", True,
+                "DATASETS.TEST", "()", "SEED", 3, *ALL_BOXES, "OUTPUT_DIR", tmp_path]  # fmt: skip
+    files = [str(CASCADE), str(PROTOCOL)]
+    cfg = setup_cfg(files, [str(o) for o in schedule])
+    plain_cfg = setup_cfg(files, [str(o) for o in schedule] + [
+        "MODEL.RGA.ENABLED", "False",
+        "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE", "False"])  # fmt: skip
+    assert cfg.SOLVER.BASE_LR == protocol.SOLVER.BASE_LR
+    assert cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == protocol.SOLVER.CLIP_GRADIENTS.CLIP_VALUE
+    assert cfg.MODEL.RESNETS.NORM == "FrozenBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 2
+    model, raw, rcnn = _replay_detector(cfg, plain_cfg)
+    assert set(rga_parameter_names(model)) == rcnn
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".stem." in n)
+    # lambda changes the first update: without it the update would be another one
+    clip = (cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE)
+    rule_raw = {n: g * _rule(n) for n, g in raw.items()}
+    with_lambda = _clip(
+        {n: g * (LAMBDA0 if n in rcnn else 1.0) for n, g in rule_raw.items()}, *clip
+    )
+    without = _clip(rule_raw, *clip)
+    assert max((with_lambda[n] - without[n]).abs().max().item() for n in rcnn & set(raw)) > 0

@@ -1,14 +1,16 @@
 """Every RGA + PRM ablation config resolves to the paper's settings (Tables 4, 5, 6, 8), written
-out here as a literal table; each COCO ablation and its shapes version differ only in _BASE_."""
-
-from pathlib import Path
+out here as a literal table; each is one delta applied over the COCO RGA + PRM config and over
+its shapes version."""
 
 import pytest
 from conftest import ROOT
 
 from cascade_zoo import setup_cfg
+from cascade_zoo.config import documented_compositions
 
 ABLATIONS = ROOT / "configs" / "RGA_PRM" / "ablations"
+COCO = ROOT / "configs" / "RGA_PRM" / "faster_rcnn_R_50_FPN_1x_rga_prm.yaml"
+SHAPES = ROOT / "configs" / "RGA_PRM" / "faster_rcnn_R_18_FPN_rga_prm_shapes.yaml"
 
 # name: (positive fractions of the modules, RGA on, lambda0, annealed, sampling)
 TABLE = {
@@ -25,21 +27,16 @@ TABLE = {
 }  # fmt: skip
 
 
-def _coco(name):
-    return ABLATIONS / f"faster_rcnn_R_50_FPN_1x_{name}.yaml"
-
-
 def test_every_ablation_config_is_in_the_table():
-    on_disk = {p.name[len("faster_rcnn_R_50_FPN_1x_") : -5] for p in ABLATIONS.glob("*_1x_*.yaml")}
-    assert on_disk == set(TABLE)
+    assert {p.stem for p in ABLATIONS.glob("*.yaml")} == set(TABLE)
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_ablation_resolves_to_the_papers_settings(name):
     fractions, rga, lambda0, anneal, sampling = TABLE[name]
-    shapes = ABLATIONS / f"faster_rcnn_R_18_FPN_{name}_shapes.yaml"
-    for path in (_coco(name), shapes):
-        cfg = setup_cfg(str(path))
+    delta = ABLATIONS / f"{name}.yaml"
+    for base in (COCO, SHAPES):
+        cfg = setup_cfg([base, delta])
         p = cfg.MODEL.BOX_CASCADE.PARALLEL
         assert p.NUM_MODULES == len(fractions)
         assert list(p.POSITIVE_FRACTIONS) == pytest.approx(fractions)
@@ -50,9 +47,9 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert cfg.MODEL.ROI_HEADS.NAME == "PRMROIHeads"
         assert list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == [0.5]
         assert not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG  # Faster R-CNN's regression
-    body = [line for line in Path(_coco(name)).read_text().splitlines() if "_BASE_" not in line]
-    other = [line for line in shapes.read_text().splitlines() if "_BASE_" not in line]
-    assert body == other
+    # one delta, whose header names the two configs it applies over
+    rel = [[str(f.relative_to(ROOT / "configs")) for f in (base, delta)] for base in (COCO, SHAPES)]
+    assert documented_compositions(delta) == rel
 
 
 def test_main_configs_follow_table_2():

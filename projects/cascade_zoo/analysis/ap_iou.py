@@ -46,7 +46,7 @@ def load_ap_curves(path: str, label: str = "") -> "OrderedDict[str, List[float]]
     except json.JSONDecodeError:
         data = None  # maybe metrics.json: one JSON object per line
     if isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "format" in data:
-        # a result file of tools/run_benchmark.py: the final output and each stage
+        # a result file of tools/run_results.py: the final output and each stage
         metrics = data["metrics"]
         curves[label] = _curve(metrics.get("bbox") or {}, f"{path} [metrics.bbox]")
         for stage, table in (metrics.get("stages") or {}).items():
@@ -89,7 +89,7 @@ def load_ap_curves(path: str, label: str = "") -> "OrderedDict[str, List[float]]
 
 def _mean_of_benchmark_results(folder: str, label: str) -> "OrderedDict[str, List[float]]":
     """The mean curves over the seeds of one config's result files (``folder/seed<k>.json`` of
-    tools/run_benchmark.py); curves every seed has."""
+    tools/run_results.py); curves every seed has."""
     files = sorted(f for f in os.listdir(folder) if re.fullmatch(r"seed\d+\.json", f))
     if not files:
         raise AnalysisInputError(f"{folder}: no seed<k>.json result files")

@@ -2,8 +2,8 @@
 configs x seeds trained under docs/benchmark_protocol.md, one result file per run, and the
 reports made from them. ``tools/run_results.py`` is its command line.
 
-- :mod:`.identity`: a run's config files, config hash and project-made pretrained files
-  (:class:`Run`).
+- :mod:`.identity`: a run's config files (one, or ``BASE.yaml+DELTA.yaml`` composed), name,
+  config hash and project-made pretrained files (:class:`Run`).
 - :mod:`.records`: result files: read, checked, set aside, written, loaded for a report.
 - :mod:`.runner`: the run loop (train_net.py in a child process, resume, progress, publishing).
 - :mod:`.report`: statistics over seeds, tables and plots.
@@ -25,6 +25,7 @@ from .identity import (
     Run,
     config_diff,
     config_hash,
+    config_parts,
     run_name,
     weights_sha256,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "collect_result",
     "config_diff",
     "config_hash",
+    "config_parts",
     "eval_variants",
     "execute",
     "extract_weights",

@@ -319,8 +319,9 @@ zoo holds one: `<zoo>/<name>/seed<k>/model_final.pth` (`{{"model": state_dict}}`
 sha256, checked when the project loads them: the weights only, no optimizer, scheduler or
 iteration), `metrics.json` (the run's) and `SHA256SUMS` (`sha256sum -c SHA256SUMS`), after checking
 that the checkpoint loads with `torch.load(weights_only=True)`, matches the checksums it was saved
-with, and fits the config's model key for key. With `--ship` it writes into `benchmarks/model_zoo/`, which every
-clone finds with no model-zoo directory (commit the three files).
+with, and fits the config's model key for key. With `--ship` it writes into
+`benchmarks/model_zoo/`, which every clone finds with no model-zoo directory (commit the three
+files); with `CASCADE_ZOO_IGNORE_SHIPPED=1` the zoo serves only its own directory's files.
 
 ## Shipped in the repository
 

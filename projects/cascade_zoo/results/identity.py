@@ -1,15 +1,17 @@
 """Which model a run trains, and where its files live.
 
-A run is a method config (relative to ``configs/``), optionally followed by a protocol file
-merged over it, and a seed. Its identity is the hash of the resolved config's keys that differ
-from the project's defaults (without :data:`IGNORED_KEYS`) and, when it starts from a pretrained
-file the project makes itself (:data:`PRETRAINED`), the sha256 of that file's tensors.
+A run is a method config (relative to ``configs/``; ``BASE.yaml+DELTA.yaml`` composes a config
+and deltas merged over it in order), optionally followed by a protocol file merged over it, and
+a seed. Its identity is the hash of the resolved config's keys that differ from the project's
+defaults (without :data:`IGNORED_KEYS`) and, when it starts from a pretrained file the project
+makes itself (:data:`PRETRAINED`), the sha256 of that file's tensors.
 """
 
 import functools
 import hashlib
 import json
 import os
+import posixpath
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
@@ -54,6 +56,14 @@ PRETRAINED = {
         about="the benchmark protocol's shapes-pretrained ResNet-18 (half width)",
         used_by="`MODEL.WEIGHTS` of `make demo` and of every benchmark config",
     ),
+    "cascade_zoo://Benchmark/shapes_backbone_R_18_w32_v4.pth": Pretraining(
+        "Pretrain/shapes_backbone_R_18_w32_v4.yaml",
+        None,
+        0,
+        "backbone.bottom_up.",
+        about="protocol v4's shapes-pretrained ResNet-18 (half width), pretrained 3x as long",
+        used_by="`MODEL.WEIGHTS` of `configs/Protocols/shapes_v4.yaml`",
+    ),
 }
 
 
@@ -89,8 +99,23 @@ def config_diff(config_files: Union[str, Sequence[str]], opts=()) -> Dict[str, o
     )
 
 
+def _first_names() -> Dict[str, str]:
+    """Current name -> the name a renamed key had first (cascade_zoo.config.RENAMED_KEYS)."""
+    from cascade_zoo.config import RENAMED_KEYS
+
+    first = {}
+    for old, new in RENAMED_KEYS.items():  # in the order of the renames
+        first.setdefault(new, old)
+    return first
+
+
 def config_hash(diff: Dict[str, object]) -> str:
-    text = json.dumps(diff, sort_keys=True, default=str)
+    """The hash of a config difference (:func:`config_diff`). A renamed key counts under the
+    first name it had, so a rename alone leaves the hash of every recorded result unchanged
+    (the result's ``config_diff`` keeps the names of its day)."""
+    first = _first_names()
+    canonical = {first.get(key, key): value for key, value in diff.items()}
+    text = json.dumps(canonical, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,18 +125,33 @@ def _default_max_iter() -> int:
     return get_zoo_cfg().SOLVER.MAX_ITER
 
 
+def config_parts(config: str) -> List[str]:
+    """A run's config as its files, relative to configs/ and normalized: ``"A.yaml"`` ->
+    ``["A.yaml"]``; a composition ``"A.yaml+ablations/d.yaml"`` (the deltas merged over A in
+    order) -> ``["A.yaml", "ablations/d.yaml"]``."""
+    parts = [posixpath.normpath(p.strip().replace(os.sep, "/")) for p in config.split("+")]
+    if not all(p.endswith(".yaml") for p in parts):
+        raise ValueError(f"{config!r}: expected FILE.yaml or FILE.yaml+DELTA.yaml[+...]")
+    return parts
+
+
 def run_name(config: str, protocol: Optional[str] = None) -> str:
-    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``; with protocol ``"Protocols/shapes_v4.yaml"``:
-    ``"shapes_v4/Benchmark/x"``."""
-    name = str(Path(config).with_suffix("")).replace(os.sep, "/")
+    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``. A composition is named by its files' stems
+    joined by ``+``, in the last file's directory: ``"P/x.yaml+P/ablations/d.yaml"`` ->
+    ``"P/ablations/x+d"``. With protocol ``"Protocols/shapes_v4.yaml"``: ``"shapes_v4/"`` before
+    the name."""
+    parts = config_parts(config)
+    stems = "+".join(posixpath.splitext(posixpath.basename(p))[0] for p in parts)
+    name = posixpath.join(posixpath.dirname(parts[-1]), stems)
     return f"{Path(protocol).stem}/{name}" if protocol else name
 
 
 class Run:
     """One (config, seed) of the matrix and where its files live: the result file
     ``<results_dir>/<name>/seed<k>.json`` and the training's OUTPUT_DIR
-    ``<runs_dir>/<name>/seed<k>``. ``protocol``: a file (relative to configs/) merged over the
-    config."""
+    ``<runs_dir>/<name>/seed<k>`` (:func:`run_name`). ``config``: a file relative to configs/, or
+    ``BASE.yaml+DELTA.yaml[+...]`` merged in order; ``protocol``: a file (relative to configs/)
+    merged over it. The hash is of the merged config, whichever way its files are spelled."""
 
     def __init__(
         self,
@@ -122,12 +162,13 @@ class Run:
         opts=(),
         protocol: Optional[str] = None,
     ):
-        self.config = config
+        self.config = "+".join(config_parts(config))
         self.protocol = protocol
         self.seed = seed
         self.opts = list(opts)
         self.name = run_name(config, protocol)
-        self.configs = [config] + ([protocol] if protocol else [])  # relative to configs/
+        # relative to configs/, merged in order
+        self.configs = config_parts(config) + ([protocol] if protocol else [])
         self.config_files = [str(REPO / "configs" / c) for c in self.configs]
         self.result_path = Path(results_dir) / self.name / f"seed{seed}.json"
         self.output_dir = Path(runs_dir) / self.name / f"seed{seed}"

@@ -157,7 +157,7 @@ def collect_result(
     return {
         "format": RESULT_FORMAT,
         "name": run.name,
-        "config": f"configs/{run.config}",
+        "config": "+".join(f"configs/{c}" for c in identity.config_parts(run.config)),
         "config_files": [f"configs/{c}" for c in run.configs],
         "seed": run.seed,
         "config_hash": run.hash,
@@ -182,24 +182,31 @@ def collect_result(
 
 
 def _run_of(path: Path, name: str, results_dir: Path) -> Optional[Run]:
-    """The run a result file belongs to: from the config files it records (a protocol run's
-    name is not a config), else from its name; None (with a warning) if a config is gone."""
+    """The run a result file belongs to: from the config files it records (the name of a
+    protocol run or of a composed config is not a file), else from its name; None (with a
+    warning) if a config is gone."""
     seed = int(path.name[4:-5])
     try:
         files = json.loads(path.read_text()).get("config_files")
     except (OSError, ValueError, AttributeError):
         files = None
-    configs = [f"{name}.yaml"]
-    if isinstance(files, list) and all(isinstance(f, str) for f in files) and 1 <= len(files) <= 2:
+    config, protocol = f"{name}.yaml", None
+    if isinstance(files, list) and files and all(isinstance(f, str) for f in files):
         recorded = [f[len("configs/") :] if f.startswith("configs/") else f for f in files]
-        if identity.run_name(*recorded) == name:
-            configs = recorded
-    for config in configs:
-        file = identity.REPO / "configs" / config
+        # the files are the config's (composed with +), the last one perhaps a protocol
+        readings = [("+".join(recorded), None)]
+        if len(recorded) > 1:
+            readings.append(("+".join(recorded[:-1]), recorded[-1]))
+        for files_config, files_protocol in readings:
+            if identity.run_name(files_config, files_protocol) == name:
+                config, protocol = files_config, files_protocol
+                break
+    for part in identity.config_parts(config) + ([protocol] if protocol else []):
+        file = identity.REPO / "configs" / part
         if not file.is_file():
             logger.warning(f"{path}: its config {file} is gone; left out")
             return None
-    return Run(configs[0], seed, results_dir, Path("."), protocol=(configs[1:] or [None])[0])
+    return Run(config, seed, results_dir, Path("."), protocol=protocol)
 
 
 def load_results(results_dir: Path) -> "OrderedDict[str, List[dict]]":

@@ -209,7 +209,7 @@ def publish(run: Run) -> Optional[Path]:
 
     from cascade_zoo.model_zoo import PREFIX, publish_model
 
-    if run.protocol:
+    if len(run.configs) > 1:
         # publish_model checks the weights against one config file and names the model after it
         logger.warning(
             f"{run.name} seed {run.seed}: not published (publish_model takes one config file; "
