@@ -48,6 +48,8 @@ def test_directory_with_unreadable_files(tmp_path, shapes_images, demo_log):
     (inputs / "broken.jpg").write_bytes(b"not an image at all")
     (inputs / "truncated.png").write_bytes((inputs / "b.png").read_bytes()[:200])
     (inputs / "notes.txt").write_text("not an input")
+    deep = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(deep).save(inputs / "sixteen_bits.png")  # a 16-bit grayscale PNG
     out = tmp_path / "out"
     rc = demo.main(
         [*ARGS, "--input", str(inputs), str(tmp_path / "nothing*.jpg"), "--output", str(out)]
@@ -55,10 +57,11 @@ def test_directory_with_unreadable_files(tmp_path, shapes_images, demo_log):
     log = "\n".join(demo_log)
     assert rc == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.png"]
-    for name in ("broken.jpg", "truncated.png"):
+    for name in ("broken.jpg", "truncated.png", "sixteen_bits.png"):
         assert f"{inputs / name}: cannot read image" in log
+    assert "sixteen_bits.png' has more than 8 bits per pixel" in log
     assert "nothing*.jpg: no such file, directory or matching files" in log
-    assert "3 input(s) failed; 2 image(s) processed" in log
+    assert "4 input(s) failed; 2 image(s) processed" in log
     assert Image.open(out / "a.jpg").size == Image.open(shapes_images[0]).size
 
 

@@ -40,6 +40,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 from cascade_zoo import ZooPredictor, setup_cfg
+from cascade_zoo.data import check_image_mode
 from cascade_zoo.engine.checkpoint import UnsafeCheckpointError
 from cascade_zoo.predictor import add_config_arguments, config_overrides, missing_weights_message
 from cascade_zoo.visualize import draw_outputs, montage
@@ -106,6 +107,7 @@ def run_images(demo: Demo, paths: List[str], output: str) -> int:
     failed = 0
     for path in paths:
         try:
+            check_image_mode(path)  # a 16-bit image would be read as 255 almost everywhere
             bgr = read_image(path, format="BGR")
         except Exception as e:  # PIL raises several types for unreadable or truncated files
             logger.error(f"{path}: cannot read image: {type(e).__name__}: {e}")
