@@ -1,6 +1,7 @@
 """Multi-process launch on GPUs (Detectron2's launch), on CPUs (gloo) and under torchrun."""
 
 import contextlib
+import gc
 import logging
 import os
 from datetime import timedelta
@@ -94,14 +95,22 @@ def _cpu_worker(local_rank, main_func, world_size, local_size, machine_rank, dis
 
 @contextlib.contextmanager
 def _process_group_destroyed_at_exit():
-    """Destroy this worker's process group when its work ends (normally or not): a gloo group
-    left to the interpreter's shutdown can abort the process ("terminate called without an
-    active exception") after the job has finished."""
+    """Destroy this worker's process groups when its work ends (normally or not). A gloo group
+    still referenced at the interpreter's shutdown (by the default group, by Detectron2's local
+    group, or by a DistributedDataParallel model of a trainer kept alive by reference cycles)
+    is destroyed with its threads running, which aborts the process ("terminate called without
+    an active exception") after the job has finished."""
     try:
         yield
+        gc.collect()  # the trainer and its DDP model, which hold the group
+        if dist.is_available() and dist.is_initialized():
+            comm.synchronize()  # every process done with every collective before any tears down
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        if getattr(comm, "_LOCAL_PROCESS_GROUP", None) is not None:
+            comm._LOCAL_PROCESS_GROUP = None  # v0.6's reference (set by _set_local_process_group)
+        gc.collect()
 
 
 def _init_worker(*, backend, init_method, world_size, rank, local_rank, local_size, timeout):
