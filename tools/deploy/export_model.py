@@ -24,7 +24,8 @@ model and the eager one on images (``--check-images``, default three of the test
 the largest differences; it fails when the detections differ beyond the tolerances of
 ``compare_instances``. The ONNX graph's input is named ``image`` (dynamic height and width) and
 its outputs after the detections' fields (``pred_boxes``, ``scores``, ``pred_classes``,
-``pred_masks``; dynamic number of detections).
+``pred_masks``; dynamic number of detections; current Detectron2's TracingAdapter orders them
+its own way and adds ``image_size``).
 """
 
 import argparse
