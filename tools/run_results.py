@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Run a results matrix (configs x seeds) of the shapes benchmark, keep one small result file per
 run in the repository, and regenerate docs/results.md, its plots, MODEL_ZOO.md and the paper
-READMEs' results blocks from those files (cascade_zoo.results).
+READMEs' results and claims blocks from those files (cascade_zoo.results).
 
     python tools/run_results.py --configs Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \\
         Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0 1 2
     python tools/run_results.py --report-only      # tables, plots, MODEL_ZOO.md from the files
+    python tools/run_results.py --report-only --protocol Protocols/shapes_v4.yaml  # claims: v4
     python tools/run_results.py --protocol Protocols/shapes_v4.yaml \\
         --configs CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0
     python tools/run_results.py --configs \\
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     add = parser.add_argument
     add("--configs", nargs="*", default=[],
         help="relative to configs/; BASE.yaml+DELTA.yaml merges deltas over a config")  # fmt: skip
-    add("--protocol", help="a file relative to configs/ merged over every config")
+    add("--protocol", help="a file relative to configs/ merged over every config; the report "
+        "measures the papers' claims on that protocol's runs")  # fmt: skip
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     add("--runs-dir", help="default: $CASCADE_ZOO_CACHE/benchmark_runs")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         write_reports(
             results_dir, results_md=Path(args.results_md), model_zoo_md=Path(args.model_zoo_md),
             figures_dir=Path(args.figures_dir), readme_dir=readme_dir and Path(readme_dir),
-            baseline=args.baseline,
+            baseline=args.baseline, protocol=args.protocol,
         )  # fmt: skip
     for config, seed in failed:
         logging.error(f"not done: {config} seed {seed} (run the same command again to resume)")

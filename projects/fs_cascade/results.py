@@ -1,9 +1,25 @@
 """FSCascade's part of the shapes benchmark's reports (cascade_zoo.results): its README's results
-blocks and the Fig. 5 its tool makes from the runs' models."""
+blocks, the Fig. 5 its tool makes from the runs' models, and the paper's headline claims."""
 
 from pathlib import Path
 
-from cascade_zoo.results.registry import register_results
+from cascade_zoo.results.registry import Claim, Comparison, register_results
+
+FS = "Benchmark/fs_cascade_R_18_FPN_shapes.yaml"
+CASCADE = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+# the head is the paper's equations, it reduces to the core's cascade with its switches off, and
+# each ablation is one delta over the shapes config (the runs name the delta they make)
+CHECKS = (
+    "tests/fs_cascade/test_fs_equations.py::test_stage_chain_is_the_papers_equations_on_random_features",
+    "tests/fs_cascade/test_fs_equations.py::test_eq2_reads_the_current_stages_features_in_every_line",
+    "tests/fs_cascade/test_fs_equivalence.py::test_without_sharing_and_with_the_fc_head_it_is_the_cores_cascade",
+    "tests/fs_cascade/test_fs_configs.py::test_ablation_resolves_to_the_papers_switches",
+    *(f"run, not made yet: FSCascade's ablation `FSCascade/fs_cascade_R_18_FPN_shapes.yaml+"
+      f"FSCascade/ablations/{delta}.yaml` ({what})"
+      for delta, what in (("cascade", "Fig. 3a: Cascade R-CNN inside the FSCascade code"),
+                          ("cfs", "Fig. 3b: CFS only"), ("lfs", "Fig. 3c: conv head and LFS"),
+                          ("conv_head", "Table 1: conv head without LFS"))),
+)  # fmt: skip
 
 register_results(
     "fs_cascade",
@@ -14,4 +30,22 @@ register_results(
             "FSCascade's Fig. 5: scores of the last stage's detections with IoU in [0.5, 0.75]",
         ),
     ],  # fmt: skip
+    claims=[
+        Claim(
+            "above-cascade-last-stage",
+            "FSCascade's last stage is above Cascade R-CNN's last stage alone",
+            "Table 2",
+            "+1.5 AP on COCO test-dev (R-50: 41.7 against the authors' Cascade R-CNN 40.2)",
+            Comparison(FS, CASCADE, "AP", baseline_stage="stage3"),
+            CHECKS,
+        ),
+        Claim(
+            "above-cascade-ensemble",
+            "FSCascade's last stage alone is above Cascade R-CNN's three-stage ensemble",
+            "Table 2",
+            "+1.1 AP on COCO test-dev (R-50: 41.7 against 40.6)",
+            Comparison(FS, CASCADE, "AP"),
+            CHECKS,
+        ),
+    ],
 )

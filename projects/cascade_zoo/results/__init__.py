@@ -8,10 +8,11 @@ reports made from them. ``tools/run_results.py`` is its command line.
 - :mod:`.runner`: the run loop (train_net.py in a child process, resume, progress, publishing).
 - :mod:`.report`: statistics over seeds, tables and plots.
 - :mod:`.documents`: docs/results.md, MODEL_ZOO.md and the README results blocks.
-- :mod:`.registry`: what each paper package adds (eval variants, figures, its README).
+- :mod:`.registry`: what each paper package adds (eval variants, figures, claims, its README).
 """
 
 from .documents import (
+    claims_table,
     results_block,
     write_model_zoo_md,
     write_readme_blocks,
@@ -31,8 +32,11 @@ from .identity import (
 )
 from .records import AP_COLUMNS, SUBSET_BINS, collect_result, load_results, read_result
 from .registry import (
+    Claim,
+    Comparison,
     EvalVariant,
     ModelFigure,
+    claims,
     eval_variants,
     model_figures,
     readmes,
@@ -40,8 +44,10 @@ from .registry import (
     unregister_results,
 )
 from .report import (
+    claim_verdict,
     gains_over,
     many_lines,
+    measure_claim,
     plot_results,
     stage_gaps,
     subset_rows,
@@ -59,6 +65,8 @@ from .runner import (
 
 __all__ = [
     "AP_COLUMNS",
+    "Claim",
+    "Comparison",
     "EvalVariant",
     "IGNORED_KEYS",
     "ModelFigure",
@@ -66,6 +74,9 @@ __all__ = [
     "Pretraining",
     "Run",
     "SUBSET_BINS",
+    "claim_verdict",
+    "claims",
+    "claims_table",
     "collect_result",
     "config_diff",
     "config_hash",
@@ -76,6 +87,7 @@ __all__ = [
     "gains_over",
     "load_results",
     "many_lines",
+    "measure_claim",
     "model_figures",
     "plot_results",
     "progress_line",

@@ -1,6 +1,6 @@
 """The Markdown files made from the result files: docs/results.md, MODEL_ZOO.md and the
-``<!-- results: NAME ... -->`` blocks of the paper READMEs (:func:`write_reports` writes them
-all, each only where it is told).
+``<!-- results: NAME ... -->`` and ``<!-- claims -->`` blocks of the paper READMEs
+(:func:`write_reports` writes them all, each only where it is told).
 """
 
 import logging
@@ -14,6 +14,7 @@ from . import identity, registry
 from .records import AP_COLUMNS, load_results
 from .report import (
     gains_over,
+    measure_claim,
     plot_results,
     pm,
     stage_gap_table,
@@ -26,8 +27,59 @@ TOOL = "tools/run_results.py"
 logger = logging.getLogger("run_results")
 
 
+def _expectation(compare) -> str:
+    """What a claim's comparison expects of the mean difference: "> 0", ">= 1", "within ±1"."""
+    if compare.expect == "~":
+        return f"within ±{compare.size:g}"
+    op = ">" if compare.expect == "+" else "<"
+    if compare.size is None:
+        return f"{op} 0"
+    return f"{op}= {compare.size:g}" if op == ">" else f"<= -{compare.size:g}"
+
+
+def claims_table(
+    grouped, claims, protocol: Optional[str] = None, paper_column: bool = False
+) -> str:
+    """The Markdown of a claims table: one row per claim (the claim, where the paper says it and
+    its number, the comparison, each seed's paired difference, their mean ± std and the verdict),
+    then the checks of every claim measured and not reproduced (or only partly). "" if no claims."""
+    from cascade_zoo.utils.markdown import markdown_table
+
+    if not claims:
+        return ""
+    rows, checks = [], []
+    for claim in claims:
+        c, m = claim.compare, measure_claim(grouped, claim, protocol)
+        side = lambda name, stage: f"`{name}`" + (f" {stage}" if stage else "")  # noqa: E731
+        compared = (f"{side(m.method, c.stage)} - {side(m.baseline, c.baseline_stage)}, "
+                    f"{c.metric}: {_expectation(c)}")  # fmt: skip
+        seeds = ", ".join(f"s{seed} {d:+.2f}" for seed, d in m.differences.items()) or "-"
+        measured = f"{m.mean:+.2f} ± {m.std:.2f}" if m.mean is not None else "-"
+        first = [claim.package] if paper_column else []
+        rows.append(first + [f"`{claim.id}`: {claim.text} ({claim.where})", claim.paper, compared,
+                             seeds, measured, f"**{m.verdict}**"])  # fmt: skip
+        if m.verdict in ("not reproduced", "partly"):
+            listed = "; ".join(claim.checks) or "none named yet"
+            checks.append(f"- `{claim.id}` ({m.verdict}): {listed}")
+    header = (["paper"] if paper_column else []) + [
+        "claim (where)", "paper's number", "comparison: expected mean difference",
+        "per-seed differences", "mean ± std", "verdict",
+    ]  # fmt: skip
+    text = [markdown_table(header, rows), ""]
+    if checks:
+        text += ["What rules out an implementation error, for the claims not reproduced or "
+                 "only partly (a test, or a run; a run not made yet says so):", "", *checks,
+                 ""]  # fmt: skip
+    return "\n".join(text)
+
+
 def write_results_md(
-    grouped, path: Path, figures: List[str], command: str, baseline: Optional[str] = None
+    grouped,
+    path: Path,
+    figures: List[str],
+    command: str,
+    baseline: Optional[str] = None,
+    protocol: Optional[str] = None,
 ) -> None:
     from cascade_zoo.utils.markdown import markdown_table
 
@@ -76,6 +128,21 @@ def write_results_md(
             "",
             gaps,
             "",
+        ]
+    claims = claims_table(grouped, registry.claims(), protocol, paper_column=True)
+    if claims:
+        under = f"the runs of `{protocol}`" if protocol else "the runs without a protocol file"
+        extra += [
+            "## Claims of the papers",
+            "",
+            "Each paper's headline claims (registered in its `results.py`), each tested by a "
+            f"comparison of two runs ({under}): the metric of the method minus that of the "
+            "baseline, paired by seed over the seeds both have; mean ± sample std of those "
+            "differences, and the verdict by the rule of "
+            "[benchmark_protocol.md](benchmark_protocol.md#claims-and-verdicts) (not measured: "
+            "fewer than 2 shared seeds).",
+            "",
+            claims,
         ]
     shown = [f for f in registry.model_figures() if (path.parent / f.image).is_file()]
     if shown:
@@ -132,6 +199,15 @@ def write_results_md(
 
 
 README_BLOCK = re.compile(r"(<!-- results: ([^>]*?) -->\n)(.*?)(<!-- /results -->)", re.S)
+CLAIMS_BLOCK = re.compile(r"(<!-- claims -->\n)(.*?)(<!-- /claims -->)", re.S)
+
+
+def claims_block(grouped, claims, protocol: Optional[str] = None) -> str:
+    """The Markdown of a README's claims block: :func:`claims_table` of the README's paper."""
+    table = claims_table(grouped, claims, protocol) or "No claims registered.\n"
+    rule = "../../docs/benchmark_protocol.md#claims-and-verdicts"
+    return (f"{table}\nVerdicts by the rule of [docs/benchmark_protocol.md]({rule}).\n\n"
+            f"(Generated by `{TOOL} --report-only` from benchmarks/results/.)\n")  # fmt: skip
 
 
 def results_block(grouped, names: List[str]) -> str:
@@ -178,10 +254,12 @@ def results_block(grouped, names: List[str]) -> str:
 
 
 def write_readme_blocks(
-    grouped, paths: List[Path], readme_dir: Optional[Path] = None
+    grouped, paths: List[Path], readme_dir: Optional[Path] = None, protocol: Optional[str] = None
 ) -> List[Path]:
-    """Regenerate every ``<!-- results: NAME ... -->`` ... ``<!-- /results -->`` block of the given
-    Markdown files from the results: in place, or with ``readme_dir``, into
+    """Regenerate every ``<!-- results: NAME ... -->`` ... ``<!-- /results -->`` block and every
+    ``<!-- claims -->`` ... ``<!-- /claims -->`` block (the claims its package registers, under
+    ``protocol``'s run names) of the given Markdown files from the results, leaving the text
+    outside the blocks as it is: in place, or with ``readme_dir``, into
     ``readme_dir/<the file's path in the repository>``. Returns the files changed."""
     changed = []
     for path in paths:
@@ -195,6 +273,8 @@ def write_readme_blocks(
         new = README_BLOCK.sub(
             lambda m: m.group(1) + results_block(grouped, m.group(2).split()) + m.group(4), text
         )
+        block = claims_block(grouped, registry.claims_of_readme(path), protocol)
+        new = CLAIMS_BLOCK.sub(lambda m, block=block: m.group(1) + block + m.group(3), new)
         if not target.is_file() or target.read_text() != new:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(new)
@@ -367,17 +447,19 @@ def write_reports(
     readme_dir: Optional[Path],
     baseline: Optional[str],
     command: str = f"python {TOOL} --report-only",
+    protocol: Optional[str] = None,
 ) -> None:
     """docs/results.md (with its plots in ``figures_dir``) and MODEL_ZOO.md from the result files
-    of ``results_dir``, and the registered READMEs' results blocks into ``readme_dir`` (None:
-    not written)."""
+    of ``results_dir``, and the registered READMEs' results and claims blocks into
+    ``readme_dir`` (None: not written). The papers' claims are measured on the runs of
+    ``protocol`` (a file relative to configs/; None: the runs made without one)."""
     grouped = load_results(results_dir)
     figures = plot_results(grouped, Path(figures_dir), baseline)
-    write_results_md(grouped, Path(results_md), figures, command, baseline)
+    write_results_md(grouped, Path(results_md), figures, command, baseline, protocol)
     write_model_zoo_md(grouped, Path(model_zoo_md))
     readmes = "no README blocks"
     if readme_dir is not None:
         target = None if Path(readme_dir).resolve() == identity.REPO else Path(readme_dir)
-        changed = write_readme_blocks(grouped, registry.readmes(), target)
+        changed = write_readme_blocks(grouped, registry.readmes(), target, protocol)
         readmes = f"{len(changed)} README(s) under {readme_dir}"
     logger.info(f"Wrote {results_md}, {model_zoo_md}, {len(figures)} plots and {readmes}")

@@ -8,7 +8,7 @@ import re
 import statistics
 from collections import OrderedDict
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from .records import AP_COLUMNS, SUBSET_BINS
 
@@ -267,3 +267,71 @@ def plot_results(grouped, figures_dir: Path, baseline: Optional[str]) -> List[st
             save_figure(fig, str(figures_dir / "results_stage_gaps.png"), "Last-stage gaps")
         )
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims (cascade_zoo.results.registry.Claim; the verdict rule is in docs/benchmark_protocol.md)
+
+
+class ClaimResult(NamedTuple):
+    """A claim measured on the result files: its two run names, seed -> the paired difference
+    (method - baseline), their mean and sample std (None when not measured) and the verdict."""
+
+    method: Optional[str]
+    baseline: Optional[str]
+    differences: "OrderedDict[int, float]"
+    mean: Optional[float]
+    std: Optional[float]
+    verdict: str
+
+
+def metric_value(result: dict, metric: str, stage: Optional[str] = None) -> Optional[float]:
+    """``metric`` ("AP90", or "AP90-AP50") of a result file's final AP table, or of its
+    ``stage`` table; None if the table or a column is missing."""
+    table = result["metrics"]["bbox"] if stage is None else result["metrics"]["stages"].get(stage)
+    names = metric.split("-")
+    if len(names) > 2 or not all(n in AP_COLUMNS for n in names):
+        raise ValueError(f"claim metric {metric!r}: an AP column or COLUMN-COLUMN of {AP_COLUMNS}")
+    values = [(table or {}).get(n) for n in names]
+    if any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return values[0] - values[1] if len(values) == 2 else values[0]
+
+
+def claim_verdict(differences: List[float], expect: str, size: Optional[float]) -> str:
+    """The verdict on a claim from its per-seed differences (docs/benchmark_protocol.md):
+    "not measured" under 2 seeds; for "+" / "-", "reproduced" when every seed's difference has
+    the expected sign and the mean reaches ``size`` (if given), "partly" when the mean has the
+    expected sign but a seed has not or the mean falls short of ``size``, "not reproduced"
+    otherwise; for "~", "reproduced" when every seed is within ``size``, "partly" when the mean
+    is, "not reproduced" otherwise."""
+    if len(differences) < 2:
+        return "not measured"
+    mean = statistics.mean(differences)
+    if expect == "~":
+        if all(abs(d) <= size for d in differences):
+            return "reproduced"
+        return "partly" if abs(mean) <= size else "not reproduced"
+    sign = 1.0 if expect == "+" else -1.0
+    if sign * mean <= 0:
+        return "not reproduced"
+    if all(sign * d > 0 for d in differences) and (size is None or sign * mean >= size):
+        return "reproduced"
+    return "partly"
+
+
+def measure_claim(grouped, claim, protocol: Optional[str] = None) -> ClaimResult:
+    """A claim's paired differences over the seeds both runs have (a seed missing the metric in
+    either run is left out), under ``protocol``'s run names."""
+    c = claim.compare
+    method, baseline = c.run_names(protocol)
+    base = {r["seed"]: metric_value(r, c.metric, c.baseline_stage)
+            for r in grouped.get(baseline, [])}  # fmt: skip
+    differences = OrderedDict()
+    for r in sorted(grouped.get(method, []), key=lambda r: r["seed"]):
+        value = metric_value(r, c.metric, c.stage)
+        if value is not None and base.get(r["seed"]) is not None:
+            differences[r["seed"]] = value - base[r["seed"]]
+    verdict = claim_verdict(list(differences.values()), c.expect, c.size)
+    mean, std = mean_std(list(differences.values())) if verdict != "not measured" else (None, None)
+    return ClaimResult(method, baseline, differences, mean, std, verdict)
