@@ -79,6 +79,10 @@ def add_iou_uniform_config(cfg: CN) -> None:
     # probability, before it is multiplied by the IoU (the official code: mmdetection's
     # multiclass_nms with score_factors); False: to the product. NMS ranks by the product.
     _C.THRESHOLD_BEFORE_IOU = True
+    # At test, each box's score is its class probability x its predicted IoU (Sec. 3.2). False:
+    # the class probability alone (the IoU factor set to 1), the IoU branch still trained: what
+    # the test-time scoring buys, apart from what training on the generated boxes does.
+    _C.TEST_IOU_SCORING = True
     # Table 5: the number of generated samples per image as a multiple of the positives among
     # the stage's sampled proposals ("Equal": 1.0, "Double": 2.0), drawn evenly over the
     # intervals from the M per ground truth; 0: all M per ground truth (the main setting).

@@ -25,8 +25,8 @@ CHECKS = (
 def _runs(model: str) -> tuple:
     """The runs that separate the method from its test-time scoring and its sample count."""
     return (
-        f"run, not made yet: `{model}` evaluated with its IoU factor set to 1 at test (the "
-        "class score alone; no config key does this yet)",
+        f"run: `{model}` evaluated with its IoU factor set to 1 at test (the class score alone, "
+        '`MODEL.IOU_UNIFORM.TEST_IOU_SCORING False`: its eval variant "no IoU scoring")',
         f"run, not made yet: `{model}+IoUUniform/ablations/equal_samples.yaml` "
         "(`MODEL.IOU_UNIFORM.NUM_SAMPLES_VS_RPN 1.0`: as many generated boxes as RPN positives)",
     )
@@ -39,7 +39,9 @@ register_results(
         # Table 6 "EFO: No" / Fig. 8(a): the trained model ranked by the IoU predicted at the
         # input boxes, without re-pooling at the refined ones
         f"Benchmark/iou_uniform_{arch}_rcnn_R_18_FPN_shapes": [
-            ("no EFO", ["MODEL.IOU_UNIFORM.EFO", "False"])
+            ("no EFO", ["MODEL.IOU_UNIFORM.EFO", "False"]),
+            # the IoU factor set to 1 at test: separates the test-time scoring from training
+            ("no IoU scoring", ["MODEL.IOU_UNIFORM.TEST_IOU_SCORING", "False"]),
         ]
         for arch in ("faster", "cascade")
     },

@@ -138,6 +138,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         iou_samples: str = "generated",
         efo: bool = True,
         threshold_before_iou: bool = True,
+        test_iou_scoring: bool = True,
         samples_vs_rpn: float = 0.0,
         reg_mean_over_coordinates: bool = True,
         iou_loss_weight: float = 1.0,
@@ -157,6 +158,8 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             efo: at test, the IoU predicted again at the regressed boxes.
             threshold_before_iou: the test score threshold applies to the class probability
                 (else to the product with the IoU).
+            test_iou_scoring: at test, scores are class probability x predicted IoU (False:
+                the class probability alone).
             samples_vs_rpn: > 0: generated samples per image = this x the sampled positives.
             reg_mean_over_coordinates: the regression loss averaged over the 4 deltas as well.
             iou_loss_weight, iou_smooth_l1_beta: the IoU loss's weight and smooth L1 beta.
@@ -180,6 +183,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         self.reg_samples = reg_samples
         self.iou_samples = iou_samples
         self.threshold_before_iou = threshold_before_iou
+        self.test_iou_scoring = test_iou_scoring
         self.samples_vs_rpn = samples_vs_rpn
         self.reg_mean_over_coordinates = reg_mean_over_coordinates
         self.iou_loss_weight = iou_loss_weight
@@ -207,6 +211,7 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
             reg_samples=iu.REG_SAMPLES,
             iou_samples=iu.IOU_SAMPLES,
             threshold_before_iou=iu.THRESHOLD_BEFORE_IOU,
+            test_iou_scoring=iu.TEST_IOU_SCORING,
             samples_vs_rpn=iu.NUM_SAMPLES_VS_RPN,
             reg_mean_over_coordinates=iu.REG_LOSS_MEAN_OVER_COORDINATES,
             iou_loss_weight=iu.IOU_LOSS_WEIGHT,
@@ -408,8 +413,9 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
         applied (see ``iou_guided_scores``). EFO pools again only the boxes with a class
         probability above the threshold: the IoU is clamped to [0, 1], so it can only lower a
         score, and the other boxes are dropped whatever their IoU: the same detections, pooling
-        again only the boxes that can be kept."""
-        if not self.iou_prediction:
+        again only the boxes that can be kept. Without ``test_iou_scoring``: the core's scores
+        (the class probabilities)."""
+        if not self.scores_with_iou:
             return super().rescore(features, record, boxes, probs, score_thresh)
         if self.efo:
             live = [(p[:, :-1] > score_thresh).any(dim=1) for p in probs]
@@ -422,4 +428,9 @@ class IoUUniformROIHeads(BoxCascadeROIHeads):
     def nms_score_thresh(self, score_thresh):
         """The IoU-guided scores hold the threshold already (failing entries are -1): NMS keeps
         every score >= 0."""
-        return KEEP_RESCORED if self.iou_prediction else score_thresh
+        return KEEP_RESCORED if self.scores_with_iou else score_thresh
+
+    @property
+    def scores_with_iou(self) -> bool:
+        """Whether test scores are class probability x predicted IoU."""
+        return self.iou_prediction and self.test_iou_scoring

@@ -33,8 +33,9 @@ def _clip(boxes, image_size):
     return out
 
 
-def literal(model, inputs, efo, before, thresh, nms_thresh=0.5):
-    """The whole test path written out: (scores, boxes, classes) sorted by score."""
+def literal(model, inputs, efo, before, thresh, nms_thresh=0.5, iou_scoring=True):
+    """The whole test path written out: (scores, boxes, classes) sorted by score; without
+    ``iou_scoring`` the IoU factor is 1."""
     heads = model.roi_heads
     model.eval()
     with torch.no_grad():
@@ -68,7 +69,7 @@ def literal(model, inputs, efo, before, thresh, nms_thresh=0.5):
             )
         else:
             iou = first_iou
-        iou = iou[:, 0].clamp(0, 1)
+        iou = iou[:, 0].clamp(0, 1) if iou_scoring else torch.ones(len(final))
         out = []
         for c in range(probs.shape[1] - 1):
             rows = [r for r in range(len(final))
@@ -185,3 +186,22 @@ def test_efo_pools_again_only_the_boxes_a_score_can_keep(config, high, monkeypat
         probs = seen["probs"][0]
         want = [any(float(p) > thresh for p in row[:-1]) for row in probs]
         assert live.tolist() == want
+
+
+@pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster", "cascade"])
+def test_without_iou_scoring_the_iou_factor_is_one(config):
+    """MODEL.IOU_UNIFORM.TEST_IOU_SCORING False: the same boxes, scored by the class probability
+    alone (the literal path with the IoU set to 1), and the detections differ from the scored
+    ones on this input."""
+    thresh = THRESHOLDS[config][True]
+    opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh, "TEST.DETECTIONS_PER_IMAGE", 1000]
+    cfg = cfg_of(config, "MODEL.IOU_UNIFORM.TEST_IOU_SCORING", False, *opts)
+    model = model_of(cfg)
+    spread(model)
+    with torch.no_grad():  # predicted IoUs inside (0, 1), so that the factor would change scores
+        model.roi_heads.iou_predictor[-1].iou_pred.bias.sub_(0.5)
+    inputs = eval_inputs(cfg, 1)
+    got = _got(model, inputs)
+    _same(got, literal(model, inputs, True, True, thresh, iou_scoring=False))
+    scored = literal(model, inputs, True, True, thresh)
+    assert [s for s, _, _ in got] != [s for s, _, _ in scored]
