@@ -57,11 +57,11 @@ PRETRAINED = {
         used_by="`MODEL.WEIGHTS` of `make demo` and of every benchmark config",
     ),
     "cascade_zoo://Benchmark/shapes_backbone_R_18_w32_v4.pth": Pretraining(
-        "Pretrain/shapes_backbone_R_18_w32_v4.yaml",
+        "Pretrain/shapes_backbone_R_18_w32_6x.yaml",
         None,
         0,
         "backbone.bottom_up.",
-        about="protocol v4's shapes-pretrained ResNet-18 (half width), pretrained 3x as long",
+        about="protocol v4's shapes-pretrained ResNet-18 (half width), pretrained 6x as long",
         used_by="`MODEL.WEIGHTS` of `configs/Protocols/shapes_v4.yaml`",
     ),
 }
