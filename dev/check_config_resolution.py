@@ -17,7 +17,6 @@ REV defaults to the commit before the ablation pairs became deltas. Its configs/
 
 import argparse
 import difflib
-import importlib.util
 import io
 import logging
 import posixpath
@@ -34,14 +33,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # The commit before the COCO / shapes ablation pairs became deltas (issue 28).
 BEFORE_DELTAS = "0e7394f206b49e36b6ada6b7ba4d65e5c7e51be8"
-
-
-def _compose_tool():
-    path = REPO / "tools" / "compose_config.py"
-    spec = importlib.util.spec_from_file_location("compose_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def extract_configs(rev: str, into: Path) -> List[str]:
@@ -117,8 +108,8 @@ def main(argv=None) -> int:
     ).stdout.strip()  # fmt: skip
 
     from cascade_zoo import setup_cfg
+    from cascade_zoo.config import flat_dump
 
-    flat_dump = _compose_tool().flat_dump
     deltas = current_deltas()
     counts = {"same": 0, "composed": 0, "DIFFERS": 0, "MISSING": 0, "skipped": 0}
     with tempfile.TemporaryDirectory() as tmp:

@@ -226,6 +226,75 @@ def test_publish_model_tool(zoo, monkeypatch, capsys):
         tool.main([str(run), "--name", CONFIG, "--seed", "3"])
 
 
+V4_CASCADE = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+Protocols/shapes_v4.yaml"
+
+
+def test_a_protocol_composition_is_named_and_resolved_as_the_runner_names_its_run(zoo):
+    from cascade_zoo import setup_cfg
+    from cascade_zoo.config import flat_dump
+    from cascade_zoo.results import Run
+
+    run = Run(
+        V4_CASCADE.split("+")[0], 0, zoo / "r", zoo / "o", protocol="Protocols/shapes_v4.yaml"
+    )
+    assert model_zoo.config_name(V4_CASCADE) == run.name
+    assert run.name == "shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes"
+    files = [str(model_zoo.CONFIGS_DIR / f) for f in run.configs]
+    by_hand = setup_cfg(files, freeze=False)
+    assert by_hand.SOLVER.BASE_LR == 0.005 and by_hand.MODEL.ROI_HEADS.NAME  # the protocol's LR
+    for spelled in (V4_CASCADE, "shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"):
+        assert flat_dump(model_zoo.get_config(spelled)) == flat_dump(by_hand)
+        assert model_zoo.result_file(spelled, 1) == zoo / "results" / run.name / "seed1.json"
+    # an ablation's delta and the protocol: named like the runner's run too
+    delta = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/integral_loss.yaml"
+    run = Run(delta, 0, zoo / "r", zoo / "o", protocol="Protocols/shapes_v4.yaml")
+    assert model_zoo.config_name(delta + "+Protocols/shapes_v4.yaml") == run.name
+
+
+def test_a_composition_trains_and_publishes_with_its_files_in_order(zoo, monkeypatch):
+    monkeypatch.setenv("CASCADE_ZOO_IGNORE_SHIPPED", "1")
+    with pytest.raises(RuntimeError) as error:
+        model_zoo.get_checkpoint_url(V4_CASCADE, seed=2)
+    message = str(error.value)
+    assert "cascade_zoo://shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed2/" in message
+    assert (
+        "python train_net.py --config-file configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml "
+        "--config-file configs/Protocols/shapes_v4.yaml --resume OUTPUT_DIR "
+        "output/shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed2 SEED 2"
+    ) in message
+    assert f'--name "{V4_CASCADE}" --seed 2' in message
+
+
+@pytest.mark.parametrize(
+    "spelled, error",
+    [
+        ("Protocols/shapes_v4.yaml+CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml", "merged last"),
+        (V4_CASCADE + "+Protocols/shapes_v4.yaml", "merged last"),
+        ("CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+Protocols/no_such.yaml", "no_such.yaml"),
+        ("shapes_v4/CascadeRCNN/no_such_config.yaml", "CascadeRCNN/no_such_config.yaml"),
+        ("CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations", "FILE.yaml"),
+    ],
+)
+def test_bad_compositions_name_what_is_wrong(spelled, error):
+    with pytest.raises((ValueError, RuntimeError), match=error):
+        model_zoo.get_config(spelled)
+
+
+def test_the_flat_file_of_a_composition_trains_the_same_model(zoo, monkeypatch):
+    """get_config_file gives a composition as one file (train_net.py --config-file takes it)."""
+    from cascade_zoo import setup_cfg
+    from cascade_zoo.config import flat_dump
+
+    monkeypatch.setenv("CASCADE_ZOO_CACHE", str(zoo / "cache"))
+    flat = model_zoo.get_config_file(V4_CASCADE)
+    assert flat == str(zoo / "cache/composed_configs/shapes_v4/CascadeRCNN/"
+                       "cascade_rcnn_R_18_FPN_shapes.yaml")  # fmt: skip
+    text = open(flat).read()
+    assert "_BASE_" not in text and "&id" not in text
+    parts = [str(model_zoo.CONFIGS_DIR / f) for f in V4_CASCADE.split("+")]
+    assert flat_dump(setup_cfg(flat, freeze=False)) == flat_dump(setup_cfg(parts, freeze=False))
+
+
 def test_detectron2_equivalents_resolve_to_detectron2_files():
     # Detectron2's model-zoo URL of its Cascade Mask R-CNN R50-FPN 1x (MODEL_ZOO.md of Detectron2)
     assert model_zoo.get_checkpoint_url("Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml") == (

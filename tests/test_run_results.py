@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade_zoo import results
+from cascade_zoo import model_zoo, results, setup_cfg
 from cascade_zoo.results import identity, records, registry, runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -610,6 +610,7 @@ def repo(tmp_path, monkeypatch):
         (repo / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / "configs" / name).write_text(text)
     monkeypatch.setattr(identity, "REPO", repo)
+    monkeypatch.setattr(model_zoo, "CONFIGS_DIR", repo / "configs")
     return repo
 
 
@@ -681,7 +682,7 @@ def test_composed_configs_are_merged_in_order_and_named_and_hashed_by_what_they_
     """--configs BASE.yaml+DELTA.yaml: the delta merged over the base (before any protocol), the
     run named <delta's folder>/<base stem>+<delta stem>, the hash that of the merged config
     (whichever way the files are spelled, and the same as one file with the same settings);
-    variants registered under that name are evaluated; it is not published (one config file)."""
+    variants registered under that name are evaluated; it is published under that name."""
     monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
     (repo / "configs/Test/ablations").mkdir()
     delta = repo / "configs/Test/ablations/lr.yaml"
@@ -709,12 +710,20 @@ def test_composed_configs_are_merged_in_order_and_named_and_hashed_by_what_they_
     paper("test_paper", eval_variants={run.name: [("short", ["SOLVER.MAX_ITER", "2"])]})
     evaluated = []
     monkeypatch.setattr(runner, "eval_variant", lambda r, device, opts: evaluated.append(r.name))
-    saved = rb.execute(run, device="cpu", trainer=FakeTrainer())
+    trainer = CheckpointingTrainer()
+    saved = rb.execute(run, device="cpu", trainer=trainer)
     assert evaluated == [run.name] and list(saved["variants"]) == ["short"]
     assert saved["config"] == "configs/Test/method.yaml+configs/Test/ablations/lr.yaml"
     assert saved["config_files"] == ["configs/Test/method.yaml", "configs/Test/ablations/lr.yaml"]
-    assert "this run's model is Test/method.yaml + Test/ablations/lr.yaml" in caplog.text
-    assert not (tmp_path / "zoo").exists()
+    # published under the run's name; the zoo loads it from the same spelling
+    published = tmp_path / "zoo/Test/ablations/method+lr/seed0/model_final.pth"
+    assert sorted(torch.load(published, weights_only=True)["model"]) == sorted(
+        trainer.model.state_dict()
+    )
+    assert model_zoo.get_checkpoint_url(run.config) == (
+        "cascade_zoo://Test/ablations/method+lr/seed0/model_final.pth"
+    )
+    assert model_zoo.get_config(run.config).SOLVER.BASE_LR == 0.02
     _execute(rb, protocol, FakeTrainer(ap_base=30.0))
     grouped = rb.load_results(results)
     assert sorted(grouped) == ["Test/ablations/method+lr", "shapes_test/Test/ablations/method+lr"]
@@ -825,15 +834,47 @@ def test_finished_runs_publish_model_only_checkpoints(rb, tmp_path, monkeypatch,
     assert "seed 1: not published" in caplog.text
 
 
-def test_protocol_runs_are_not_published_under_another_name(
-    rb, tmp_path, repo, monkeypatch, caplog
-):
+def test_protocol_runs_are_published_under_their_run_name(rb, tmp_path, repo, monkeypatch):
+    """The zoo names a protocol run's model as the runner names the run, and loads it with the
+    protocol merged over the method config, as it was trained."""
     monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    monkeypatch.setenv("CASCADE_ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CASCADE_ZOO_IGNORE_SHIPPED", "1")
     run = rb.Run("Test/method.yaml", 0, tmp_path / "results", tmp_path / "runs",
                  protocol="Protocols/shapes_test.yaml")  # fmt: skip
+    trainer = CheckpointingTrainer()
+    rb.execute(run, device="cpu", trainer=trainer)
+    target = tmp_path / "zoo/shapes_test/Test/method/seed0"
+    published = torch.load(target / "model_final.pth", weights_only=True)["model"]
+    expected = trainer.model.state_dict()
+    assert sorted(published) == sorted(expected)
+    assert all(torch.equal(published[k], v) for k, v in expected.items())
+    url = "cascade_zoo://shapes_test/Test/method/seed0/model_final.pth"
+    for name in ("Test/method.yaml+Protocols/shapes_test.yaml", "shapes_test/Test/method.yaml"):
+        assert model_zoo.get_checkpoint_url(name) == url
+        cfg = model_zoo.get_config(name)
+        assert cfg.SOLVER.BASE_LR == 0.005 and cfg.SOLVER.MAX_ITER == 6  # the protocol's
+        assert cfg.MODEL.RESNETS.DEPTH == 18  # the method's base
+    # one flat file of the composition, for train_net.py --config-file
+    flat = model_zoo.get_config_file("shapes_test/Test/method.yaml")
+    assert flat.startswith(str(tmp_path / "cache")) and "_BASE_" not in open(flat).read()
+    from cascade_zoo.config import flat_dump
+
+    merged = setup_cfg(run.config_files, freeze=False)
+    assert flat_dump(setup_cfg(flat, freeze=False)) == flat_dump(merged)
+
+
+def test_runs_with_overrides_are_not_published(rb, tmp_path, repo, monkeypatch, caplog):
+    """A model trained with KEY VALUE overrides is not the model its name in the zoo says (a
+    1.5x run would replace the protocol's own)."""
+    monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "zoo"))
+    run = rb.Run("Test/method.yaml", 0, tmp_path / "results", tmp_path / "runs",
+                 ["SOLVER.MAX_ITER", "9"], protocol="Protocols/shapes_test.yaml")  # fmt: skip
     rb.execute(run, device="cpu", trainer=CheckpointingTrainer())
     assert run.result_path.is_file() and not (tmp_path / "zoo").exists()
-    assert "shapes_test/Test/method seed 0: not published (publish_model takes one" in caplog.text
+    assert "shapes_test/Test/method seed 0: not published (trained with the overrides" in (
+        caplog.text
+    )
 
 
 # ---------------------------------------------------------------- writing only where told
@@ -911,7 +952,6 @@ def test_a_new_paper_registers_its_variants_figures_and_readme(rb, tmp_path, pap
 
 def test_model_zoo_md_says_what_the_repository_ships(rb, tmp_path, monkeypatch):
     """MODEL_ZOO.md's sections and "in this repository" columns follow benchmarks/model_zoo/."""
-    from cascade_zoo import model_zoo
 
     for seed in (0, 1):
         _execute(rb, _run(rb, tmp_path, seed=seed), FakeTrainer())

@@ -16,34 +16,15 @@ import argparse
 import os
 import sys
 
-import yaml
-
 import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 
 # isort: split
-from cascade_zoo.config import get_zoo_cfg
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    def ignore_aliases(self, data):
-        return True
-
-
-def flat_dump(cfg) -> str:
-    """``cfg.dump()`` with every value written out: PyYAML writes a value that two keys share as
-    the same Python object once (``&id001`` ... ``*id001``), which depends on how the config was
-    loaded, not on its settings."""
-    return yaml.dump(yaml.safe_load(cfg.dump()), Dumper=_NoAliasDumper)
+from cascade_zoo.config import compose_config_text
 
 
 def compose(config_files) -> str:
-    """The files merged in order over the project's defaults, as YAML (:func:`flat_dump`), under
-    a comment naming them."""
-    cfg = get_zoo_cfg()
-    for path in config_files:
-        cfg.merge_from_file(path)
-    sources = " + ".join(os.path.relpath(p) for p in config_files)
-    return f"# Written by tools/compose_config.py from {sources}\n" + flat_dump(cfg)
+    """The files merged in order over the project's defaults, as one flat YAML config."""
+    return compose_config_text(list(config_files))
 
 
 def main(argv=None) -> int:

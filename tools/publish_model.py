@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Publish a trained model into a model-zoo directory, as Detectron2's model zoo holds one.
+r"""Publish a trained model into a model-zoo directory, as Detectron2's model zoo holds one.
 
     python tools/publish_model.py output/Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0 \
         --name Benchmark/cascade_rcnn_R_18_FPN_shapes --seed 0 [--ship | --zoo-dir DIR]
@@ -9,6 +9,15 @@ metrics.json are published as <zoo>/<name>/seed<k>/model_final.pth (the model's 
 optimizer, scheduler or iteration state), metrics.json and SHA256SUMS (check it with
 `sha256sum -c SHA256SUMS` in that directory). The checkpoint is loaded with
 torch.load(weights_only=True) and checked against the config's model (every key and shape) first.
+
+A model trained from several config files is named by them, merged in order with a protocol
+last, as tools/run_results.py runs it, e.g. for a protocol v4 run:
+
+    python tools/publish_model.py RUN_DIR --seed 0 \
+        --name "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+Protocols/shapes_v4.yaml"
+
+which is published as shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes (the run's name; that
+name works as --name too).
 
 <zoo> is the model-zoo base that cascade_zoo:// names resolve to ($CASCADE_ZOO_MODEL_ZOO, by
 default $CASCADE_ZOO_CACHE/model_zoo), or with --ship the repository's own benchmarks/model_zoo/,
@@ -35,7 +44,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training's OUTPUT_DIR")
     parser.add_argument(
-        "--name", required=True, help="the config, relative to configs/ (.yaml optional)"
+        "--name",
+        required=True,
+        help="the config, relative to configs/ (.yaml optional), or A.yaml+B.yaml[+Protocols/P]",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="default: RUN_DIR/model_final.pth")

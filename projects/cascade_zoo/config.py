@@ -9,6 +9,7 @@ import re
 import warnings
 from typing import Dict, List, Sequence, Union
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -121,6 +122,31 @@ def config_files(config_file: Union[str, os.PathLike, Sequence, None]) -> List[s
     if isinstance(config_file, (str, os.PathLike)):
         config_file = [config_file]
     return [os.fspath(f) for f in config_file if f]
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+        return True
+
+
+def flat_dump(cfg: CN) -> str:
+    """``cfg.dump()`` with every value written out: PyYAML writes a value that two keys share as
+    the same Python object once (``&id001`` ... ``*id001``), which depends on how the config was
+    loaded, not on its settings."""
+    return yaml.dump(yaml.safe_load(cfg.dump()), Dumper=_NoAliasDumper)
+
+
+def compose_config_text(config_file: Union[str, Sequence[str]]) -> str:
+    """The files merged in order over the project's defaults, as one flat YAML config
+    (:func:`flat_dump`: every key, no ``_BASE_``), under a comment naming them. A single
+    ``--config-file`` of it gives the same model as the files given in order; MODEL.DEVICE is
+    written as the files say."""
+    cfg = get_zoo_cfg()
+    paths = config_files(config_file)
+    for path in paths:
+        cfg.merge_from_file(path)
+    sources = " + ".join(os.path.relpath(p) for p in paths)
+    return f"# Written by cascade-zoo from {sources}\n" + flat_dump(cfg)
 
 
 # A train_net.py command in a config file's leading comment: how a delta (a file without

@@ -21,6 +21,14 @@
   resolve ``get_checkpoint_url``/``get(trained=True)`` to that model's ``detectron2://`` file,
   and Detectron2's config names of them (:data:`DETECTRON2_EQUIVALENTS`, e.g.
   ``"Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml"``) name the equivalent config of this project.
+- A model may also be a composition, spelled as ``tools/run_results.py`` spells its runs:
+  ``"BASE.yaml+DELTA.yaml[+...]"`` (files merged in order, e.g. an ablation's delta over its
+  base) and a benchmark protocol last, ``"...+Protocols/shapes_v4.yaml"``. Its name in the zoo is
+  the runner's run name (:func:`config_name`):
+  ``"shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes"`` for
+  ``"CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+Protocols/shapes_v4.yaml"``, and that
+  name (with ``.yaml``) is accepted too. :func:`get_config_file` writes such a model's flat
+  config to the cache, so that ``train_net.py --config-file`` runs it as one file.
 - :func:`publish_model` writes a trained model into a model-zoo directory as Detectron2's zoo
   holds one: ``<name>/seed<k>/model_final.pth`` (the model's weights only, no optimizer or
   scheduler state), ``metrics.json`` and ``SHA256SUMS`` (``sha256sum -c`` checks it);
@@ -30,10 +38,11 @@
 import hashlib
 import json
 import os
+import posixpath
 import shlex
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.utils.file_io import PathHandler, PathManager
 
@@ -68,6 +77,9 @@ DETECTRON2_EQUIVALENTS = {
     **DETECTRON2_CHECKPOINTS,
     "Baselines/faster_rcnn_R_50_FPN_voc.yaml": "PascalVOC-Detection/faster_rcnn_R_50_FPN.yaml",
 }
+# Benchmark protocols (configs/Protocols/<stem>.yaml): merged last over a method config; a model
+# trained under one is named "<stem>/<the method config's name>".
+PROTOCOLS = "Protocols"
 # The files of a published model, in <model-zoo base>/<name>/seed<k>/.
 CHECKPOINT_FILE = "model_final.pth"
 METRICS_FILE = "metrics.json"
@@ -197,8 +209,64 @@ def register_handler() -> None:
         PathManager.register_handler(CascadeZooHandler())
 
 
+def config_parts(config: str) -> List[str]:
+    """A config as its files, relative to configs/ and normalized: ``"A.yaml"`` ->
+    ``["A.yaml"]``; a composition ``"A.yaml+ablations/d.yaml"`` (the deltas merged over A in
+    order) -> ``["A.yaml", "ablations/d.yaml"]``."""
+    parts = [posixpath.normpath(p.strip().replace(os.sep, "/")) for p in config.split("+")]
+    if not all(p.endswith(".yaml") for p in parts):
+        raise ValueError(f"{config!r}: expected FILE.yaml or FILE.yaml+DELTA.yaml[+...]")
+    return parts
+
+
+def run_name(config: str, protocol: Optional[str] = None) -> str:
+    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``. A composition is named by its files' stems
+    joined by ``+``, in the last file's directory: ``"P/x.yaml+P/ablations/d.yaml"`` ->
+    ``"P/ablations/x+d"``. With protocol ``"Protocols/shapes_v4.yaml"``: ``"shapes_v4/"`` before
+    the name."""
+    parts = config_parts(config)
+    stems = "+".join(posixpath.splitext(posixpath.basename(p))[0] for p in parts)
+    name = posixpath.join(posixpath.dirname(parts[-1]), stems)
+    return f"{Path(protocol).stem}/{name}" if protocol else name
+
+
+def split_protocol(config_path: str) -> Tuple[str, Optional[str]]:
+    """``"M.yaml[+D.yaml...]+Protocols/p.yaml"`` -> ``("M.yaml[+D.yaml...]", "Protocols/p.yaml")``;
+    a config without a protocol -> ``(config_path, None)``; a protocol's model name
+    ``"p/M.yaml"`` (configs/Protocols/p.yaml exists) -> ``("M.yaml", "Protocols/p.yaml")``.
+
+    Raises:
+        ValueError: a protocol that is not the last file, or two of them.
+    """
+    parts = config_parts(config_path)
+    protocols = [i for i, p in enumerate(parts) if p.split("/")[0] == PROTOCOLS]
+    if protocols and len(parts) > 1:  # (a protocol file alone is a file like any other)
+        if protocols != [len(parts) - 1]:
+            raise ValueError(
+                f"{config_path!r}: a protocol ({PROTOCOLS}/...) is merged last, over a method "
+                f"config, once"
+            )
+        return "+".join(parts[:-1]), parts[-1]
+    first, _, rest = parts[0].partition("/")
+    if len(parts) == 1 and rest and (CONFIGS_DIR / PROTOCOLS / f"{first}.yaml").is_file():
+        return rest, f"{PROTOCOLS}/{first}.yaml"
+    return "+".join(parts), None
+
+
+def composition_files(config_path: str) -> List[str]:
+    """The files (relative to configs/) a config or composition merges, in order, the protocol
+    last; each one resolved by :func:`resolve_config_path`."""
+    config, protocol = split_protocol(config_path)
+    files = [_resolve_file(p) for p in config_parts(config)]
+    return files + ([_resolve_file(protocol)] if protocol else [])
+
+
 def config_name(config_path: str) -> str:
-    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``: the model's name in the zoo."""
+    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``: the model's name in the zoo; a composition
+    is named as ``tools/run_results.py`` names its run (:func:`run_name`)."""
+    if "+" in config_path or split_protocol(config_path)[1]:
+        config, protocol = split_protocol(config_path)
+        return run_name(config, protocol)
     path = Path(config_path)
     try:
         path = path.resolve().relative_to(CONFIGS_DIR)
@@ -226,6 +294,12 @@ def resolve_config_path(config_path: str) -> str:
         RuntimeError: neither a config of this project nor a Detectron2 config with an
             equivalent here; the message lists the Detectron2 names that have one.
     """
+    if "+" in config_path or split_protocol(config_path)[1]:
+        return "+".join(composition_files(config_path))  # each file checked
+    return _resolve_file(config_path)
+
+
+def _resolve_file(config_path: str) -> str:
     if (CONFIGS_DIR / config_path).is_file():
         return config_path
     ours = {d2: own for own, d2 in DETECTRON2_EQUIVALENTS.items()}
@@ -247,12 +321,25 @@ def resolve_config_path(config_path: str) -> str:
 def get_config_file(config_path: str) -> str:
     """The absolute path of a config of this project, given relative to ``configs/``, or of the
     equivalent of a Detectron2 model-zoo config (e.g. ``"Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml"``
-    -> ``configs/Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml``).
+    -> ``configs/Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml``). For a composition, a flat
+    config of its files merged in order, written to
+    ``$CASCADE_ZOO_CACHE/composed_configs/<name>.yaml`` (rewritten at each call).
 
     Raises:
         RuntimeError: no such config (as ``detectron2.model_zoo.get_config_file``).
     """
-    return str(CONFIGS_DIR / resolve_config_path(config_path))
+    config_path = resolve_config_path(config_path)
+    if "+" not in config_path:
+        return str(CONFIGS_DIR / config_path)
+    from .config import compose_config_text
+
+    files = [str(CONFIGS_DIR / f) for f in config_parts(config_path)]
+    target = Path(cache_dir()) / "composed_configs" / f"{config_name(config_path)}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".{os.getpid()}.partial")
+    partial.write_text(compose_config_text(files))
+    os.replace(partial, target)
+    return str(target)
 
 
 def result_file(config_path: str, seed: int = 0) -> Path:
@@ -279,11 +366,13 @@ def training_commands(config_path: str, seed: int = 0) -> List[str]:
         words[words.index("OUTPUT_DIR") + 1] = output_dir
         train = shlex.join(words)
     else:
-        train = (
-            f"python train_net.py --config-file configs/{name}.yaml --resume "
-            f"OUTPUT_DIR {output_dir} SEED {seed}"
+        files = " ".join(
+            f"--config-file configs/{f}" for f in config_parts(resolve_config_path(config_path))
         )
-    publish = f"python tools/publish_model.py {output_dir} --name {name} --seed {seed}"
+        train = f"python train_net.py {files} --resume OUTPUT_DIR {output_dir} SEED {seed}"
+    spelled = resolve_config_path(config_path)
+    published_as = f'"{spelled}"' if "+" in spelled else name
+    publish = f"python tools/publish_model.py {output_dir} --name {published_as} --seed {seed}"
     return [train, publish]
 
 
@@ -332,7 +421,6 @@ def get_checkpoint_url(config_path: str, seed: int = 0) -> str:
         from detectron2 import model_zoo as d2_model_zoo
 
         return d2_model_zoo.get_checkpoint_url(DETECTRON2_CHECKPOINTS[config_path])
-    get_config_file(config_path)
     url = f"{PREFIX}{config_name(config_path)}/seed{seed}/{CHECKPOINT_FILE}"
     if _is_url(model_zoo_base()) or PathManager.isfile(url):
         return url
@@ -344,7 +432,8 @@ def get_config(config_path: str, trained: bool = False, seed: int = 0):
     ``config_path`` may be a Detectron2 model-zoo name (:func:`resolve_config_path`)."""
     from .config import setup_cfg
 
-    cfg = setup_cfg(get_config_file(config_path), freeze=False)
+    files = [str(CONFIGS_DIR / f) for f in config_parts(resolve_config_path(config_path))]
+    cfg = setup_cfg(files, freeze=False)
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path, seed)
     return cfg

@@ -11,10 +11,11 @@ import functools
 import hashlib
 import json
 import os
-import posixpath
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
+
+from ..model_zoo import config_parts, run_name  # a run's name is its model's name in the zoo
 
 # The repository: configs/ is under it, and train_net.py runs in it.
 REPO = Path(__file__).resolve().parents[3]
@@ -123,27 +124,6 @@ def _default_max_iter() -> int:
     from cascade_zoo import get_zoo_cfg
 
     return get_zoo_cfg().SOLVER.MAX_ITER
-
-
-def config_parts(config: str) -> List[str]:
-    """A run's config as its files, relative to configs/ and normalized: ``"A.yaml"`` ->
-    ``["A.yaml"]``; a composition ``"A.yaml+ablations/d.yaml"`` (the deltas merged over A in
-    order) -> ``["A.yaml", "ablations/d.yaml"]``."""
-    parts = [posixpath.normpath(p.strip().replace(os.sep, "/")) for p in config.split("+")]
-    if not all(p.endswith(".yaml") for p in parts):
-        raise ValueError(f"{config!r}: expected FILE.yaml or FILE.yaml+DELTA.yaml[+...]")
-    return parts
-
-
-def run_name(config: str, protocol: Optional[str] = None) -> str:
-    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``. A composition is named by its files' stems
-    joined by ``+``, in the last file's directory: ``"P/x.yaml+P/ablations/d.yaml"`` ->
-    ``"P/ablations/x+d"``. With protocol ``"Protocols/shapes_v4.yaml"``: ``"shapes_v4/"`` before
-    the name."""
-    parts = config_parts(config)
-    stems = "+".join(posixpath.splitext(posixpath.basename(p))[0] for p in parts)
-    name = posixpath.join(posixpath.dirname(parts[-1]), stems)
-    return f"{Path(protocol).stem}/{name}" if protocol else name
 
 
 class Run:

@@ -209,18 +209,18 @@ def publish(run: Run) -> Optional[Path]:
 
     from cascade_zoo.model_zoo import PREFIX, publish_model
 
-    if len(run.configs) > 1:
-        # publish_model checks the weights against one config file and names the model after it
+    if run.opts:
+        # the zoo names a model by its config files alone: these weights are not that model's
         logger.warning(
-            f"{run.name} seed {run.seed}: not published (publish_model takes one config file; "
-            f"this run's model is {' + '.join(run.configs)})"
+            f"{run.name} seed {run.seed}: not published (trained with the overrides "
+            f"{' '.join(run.opts)}, which its name in the model zoo does not say)"
         )
         return None
     metrics = run.output_dir / "metrics.json"
     try:
         target = publish_model(
             str(run.output_dir / "model_final.pth"),
-            run.config,
+            "+".join(run.configs),  # the zoo names it as run.name, the protocol last
             run.seed,
             metrics=str(metrics) if metrics.is_file() else None,
             overwrite=True,
