@@ -60,7 +60,8 @@ def test_the_block_shows_the_curves_and_both_verdicts(tmp_path):
     assert "45.6 -> 46.3: +0.7, fails (needs < 0.5)" in text
     assert "| `X/run` seed 0, 18000 iter, drops 13500, 16200 |" in text
     doc = tmp_path / "doc.md"
-    doc.write_text(f"before\n<!-- convergence: {one} -->\ntyped by hand\n<!-- /convergence -->\nafter\n")
+    block = f"<!-- convergence: {one} -->\ntyped by hand\n<!-- /convergence -->\n"
+    doc.write_text(f"before\n{block}after\n")
     new = convergence.regenerated(doc.read_text(), tmp_path)
     assert new.startswith("before\n<!-- convergence: one.json -->\nAP on")
     assert "typed by hand" not in new and new.endswith("<!-- /convergence -->\nafter\n")

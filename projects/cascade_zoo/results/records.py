@@ -178,7 +178,15 @@ def collect_result(
         "pretrained_sha256": pretrained_sha256(run),
         "metrics": {"bbox": bbox, "stages": stages},
         "curve": curve,
+        **_continued_from(run.output_dir),
     }
+
+
+def _continued_from(output_dir: Path) -> Dict:
+    """A run started from a shorter run's checkpoint (:mod:`.continuation`) says so: which run,
+    from which iteration (its wall time counts from there)."""
+    path = Path(output_dir) / "continued_from.json"
+    return {"continued_from": json.loads(path.read_text())} if path.is_file() else {}
 
 
 def _run_of(path: Path, name: str, results_dir: Path) -> Optional[Run]:
