@@ -44,11 +44,12 @@ benchmark: setup
 # The fair shapes benchmark (docs/benchmark_protocol.md): trains the runs that are missing (the
 # pretrained backbone first), resumes killed ones, writes benchmarks/results/, docs/results.md,
 # MODEL_ZOO.md and the paper READMEs' results blocks. Run it again to go on where it stopped.
-RESULTS_CONFIGS := Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \
-	Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml \
-	Benchmark/faster_rcnn_R_18_FPN_rga_shapes.yaml Benchmark/faster_rcnn_R_18_FPN_prm_shapes.yaml \
-	Benchmark/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml Benchmark/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml \
-	Benchmark/r3_cnn_R_18_FPN_shapes.yaml Benchmark/fs_cascade_R_18_FPN_shapes.yaml \
-	Benchmark/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml Benchmark/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml
+RESULTS_PROTOCOL := Protocols/shapes_v3.yaml
+RESULTS_CONFIGS := Baselines/faster_rcnn_R_18_FPN_shapes.yaml \
+	CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml CascadeRCNN/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml \
+	FSCascade/fs_cascade_R_18_FPN_shapes.yaml R3CNN/r3_cnn_R_18_FPN_shapes.yaml \
+	RGA_PRM/faster_rcnn_R_18_FPN_rga_shapes.yaml RGA_PRM/faster_rcnn_R_18_FPN_prm_shapes.yaml \
+	RGA_PRM/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml RGA_PRM/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml \
+	IoUUniform/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml IoUUniform/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml
 results: setup
-	$(PY) tools/run_results.py --configs $(RESULTS_CONFIGS) --seeds 0 1 2
+	$(PY) tools/run_results.py --protocol $(RESULTS_PROTOCOL) --configs $(RESULTS_CONFIGS) --seeds 0 1 2

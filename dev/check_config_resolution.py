@@ -7,7 +7,9 @@ Every YAML file of REV's configs/ that loads on its own is resolved (with the cu
 defines the keys) and compared with its equivalent in the working tree: the same path, or, for a
 COCO / shapes ablation pair that became one delta (issue 28), the old file's _BASE_ followed by
 the delta named after it (the old name ends in _<delta> or _<delta>_shapes, and the delta's header
-documents that composition). The whole resolved config is compared as text (cfg.dump(), values
+documents that composition), or, for a config whose name became a composition (protocol v3's
+configs/Benchmark/ overlays: a method config with configs/Protocols/shapes_v3.yaml), the
+composition cascade_zoo.model_zoo.RENAMED_CONFIGS names. The whole resolved config is compared as text (cfg.dump(), values
 shared by two keys written out), one line per config; the exit status is 1 on any difference
 or on a config without an equivalent.
 
@@ -74,6 +76,11 @@ def equivalent(rel: str, base: Optional[str], deltas: Dict[str, List[List[str]]]
     and which documents that composition; None if none does."""
     if (REPO / "configs" / rel).is_file():
         return [rel]
+    from cascade_zoo.model_zoo import RENAMED_CONFIGS, config_parts
+
+    renamed = RENAMED_CONFIGS.get(posixpath.splitext(rel)[0])
+    if renamed:
+        return config_parts(renamed)
     stem = posixpath.splitext(posixpath.basename(rel))[0]
     found = []
     for delta, compositions in deltas.items():

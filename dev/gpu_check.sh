@@ -3,9 +3,10 @@
 # H100), from a fresh copy of the repository. It runs, each step in its own process:
 #   1. the CUDA tests: `pytest -k "cuda or gpu"` (the tests named for CUDA/GPU; they skip without
 #      one, e.g. tests/test_predictor.py::test_zoo_predictor_on_cuda_gives_the_cpus_outputs);
-#   2. the shapes benchmark's Cascade R-CNN (configs/Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml,
-#      from the shipped pretrained backbone) trained --iters iterations (300) on the GPU, with
-#      mixed precision off and on (SOLVER.AMP.ENABLED): s/iter and box AP on shapes_val;
+#   2. the shapes benchmark's Cascade R-CNN (configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml
+#      under configs/Protocols/shapes_v3.yaml, from the shipped pretrained backbone) trained
+#      --iters iterations (300) on the GPU, with mixed precision off and on
+#      (SOLVER.AMP.ENABLED): s/iter and box AP on shapes_val;
 #   3. the box-cascade core against Detectron2's CascadeROIHeads at COCO size (R-50-FPN,
 #      configs/CascadeRCNN/cascade_rcnn_R_50_FPN_1x_detectron2.yaml against
 #      configs/Baselines/cascade_rcnn_R_50_FPN_1x.yaml, the same weights) on random 800x1067
@@ -301,7 +302,8 @@ else
 fi
 
 # 2. the shapes benchmark config on the GPU, AMP off then on
-config=configs/Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml
+model_config=configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml
+config=(--config-file "$model_config" --config-file configs/Protocols/shapes_v3.yaml)
 first=$((iters * 3 / 4)) second=$((iters * 9 / 10))     # the benchmark's drops: 75% and 90%
 [ "$second" -le "$first" ] && first=$((iters / 2)) second=$((iters * 3 / 4))
 drops="($first, $second)"
@@ -314,7 +316,7 @@ for amp in off on; do
     fi
     flag=$([ "$amp" = on ] && echo True || echo False)
     rm -rf "${out:?}/$name"
-    if step "$name" 420 "$PY" train_net.py --config-file "$config" \
+    if step "$name" 420 "$PY" train_net.py "${config[@]}" \
         OUTPUT_DIR "$out/$name" MODEL.DEVICE "$device" SOLVER.AMP.ENABLED "$flag" \
         SOLVER.MAX_ITER "$iters" SOLVER.STEPS "$drops" SOLVER.CHECKPOINT_PERIOD 100000 \
         TEST.EVAL_PERIOD 0 DATALOADER.NUM_WORKERS "$workers" "${data[@]}" &&
@@ -344,7 +346,7 @@ for format in onnx torchscript; do
         continue
     fi
     rm -rf "${out:?}/export_$format"
-    if step "export_$format" 300 "$PY" tools/deploy/export_model.py --config-file "$config" \
+    if step "export_$format" 300 "$PY" tools/deploy/export_model.py --config-file "$model_config" \
         --output "$out/export_$format" --format "$format" --check \
         --opts MODEL.WEIGHTS "$weights" "${data[@]}"; then
         largest=$(grep -c 'largest differences' "$out/export_$format.log")

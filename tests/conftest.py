@@ -116,20 +116,42 @@ def trained_core(tmp_path_factory):
     return out, proc.stdout
 
 
-def assert_ablation_under_the_protocol(benchmark_config, ablation_config, protocol_config):
-    """A benchmark config that runs a paper's ablation under the fair protocol: the ablation's
-    model (its whole MODEL node but the weights) with the protocol config's pretrained weights,
-    schedule, data, loader and evaluation."""
+# The benchmark protocols (configs/Protocols/), each merged over a method config.
+PROTOCOLS = sorted((ROOT / "configs" / "Protocols").glob("*.yaml"))
+
+
+def flat_config(node, prefix=""):
+    """A config (or any nested dict) as {"A.B.C": value}."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def assert_under_the_protocol(files, protocol, baseline):
+    """``files`` (a config and its deltas) merged with ``protocol`` last: the model of ``files``
+    (every MODEL key the protocol does not set) with the protocol's settings (the pretrained
+    weights, a protocol's handling of them) and its run of ``baseline``'s schedule, data, loader
+    and evaluation."""
+    import yaml
+
     from cascade_zoo import setup_cfg
 
-    paths = (benchmark_config, ablation_config, protocol_config)
-    ours, ablated, ref = (setup_cfg(str(p), freeze=False) for p in paths)
-    assert ours.MODEL.WEIGHTS == ref.MODEL.WEIGHTS != ablated.MODEL.WEIGHTS
-    ours.MODEL.WEIGHTS = ablated.MODEL.WEIGHTS = ""
-    assert ours.MODEL.dump() == ablated.MODEL.dump()
-    for key in ("SOLVER", "TEST", "INPUT", "DATASETS", "DATALOADER"):
-        assert ours[key].dump() == ref[key].dump(), key
-    return ours
+    ours = flat_config(setup_cfg([str(f) for f in (*files, protocol)], freeze=False))
+    alone = flat_config(setup_cfg([str(f) for f in files], freeze=False))
+    ref = flat_config(setup_cfg([str(baseline), str(protocol)], freeze=False))
+    set_by_protocol = set(flat_config(yaml.safe_load(Path(protocol).read_text())))
+    assert set_by_protocol and all(ours[k] == ref[k] for k in set_by_protocol)
+    assert ours["MODEL.WEIGHTS"] != alone["MODEL.WEIGHTS"]
+    for key in ours:
+        if key.startswith("MODEL.") and key not in set_by_protocol:
+            assert ours[key] == alone[key], key
+        if key.split(".")[0] in ("TEST", "INPUT", "DATASETS", "DATALOADER", "SOLVER"):
+            assert ours[key] == ref[key], key
+    return setup_cfg([str(f) for f in (*files, protocol)])
 
 
 def shapes_configs(paper_dir):

@@ -133,20 +133,21 @@ def test_missing_runs_and_a_single_shared_seed_are_not_measured():
 def test_run_names_follow_the_protocol():
     """A config is named as the runner names it under the report's protocol; a mapping gives a
     config per protocol, and a protocol it lacks leaves the claim unmeasured."""
-    v4 = "Protocols/shapes_v4.yaml"
+    v3, v4 = "Protocols/shapes_v3.yaml", "Protocols/shapes_v4.yaml"
+    stages = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/2_stages.yaml"
     compare = registry.Comparison(
-        {None: "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml",
-         v4: "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"},
-        "Benchmark/faster_rcnn_R_18_FPN_shapes.yaml",
+        {v3: stages, v4: "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"},
+        "Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
     )  # fmt: skip
-    assert compare.run_names() == (
-        "Benchmark/cascade_rcnn_R_18_FPN_shapes",
-        "Benchmark/faster_rcnn_R_18_FPN_shapes",
+    assert compare.run_names(v3) == (
+        "shapes_v3/CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_shapes+2_stages",
+        "shapes_v3/Baselines/faster_rcnn_R_18_FPN_shapes",
     )
     assert compare.run_names(v4) == (
         "shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes",
-        "shapes_v4/Benchmark/faster_rcnn_R_18_FPN_shapes",
+        "shapes_v4/Baselines/faster_rcnn_R_18_FPN_shapes",
     )
+    assert compare.run_names() == (None, "Baselines/faster_rcnn_R_18_FPN_shapes")
     assert compare.run_names("Protocols/other.yaml")[0] is None
     grouped = {"shapes_v4/Test/method": GROUPED["Test/method"],
                "shapes_v4/Test/baseline": GROUPED["Test/baseline"]}  # fmt: skip

@@ -1,8 +1,8 @@
 """Ablation deltas (configs/<Paper>/ablations/<name>.yaml): a delta has no _BASE_, its header says
 what it changes, where in the paper, and the train_net.py commands that apply it over its
 configs; each of those compositions loads, and tools/compose_config.py writes it as one file
-that loads to the same config. No two configs have the same body apart from _BASE_, but the
-instant tests and the ablation pairs that a configs/Benchmark/ config builds on."""
+that loads to the same config. Every ablation is a delta, and no two configs have the same body
+apart from _BASE_, but the instant tests."""
 
 import importlib.util
 import re
@@ -37,12 +37,6 @@ def _body(path):
     return [line for line in path.read_text().splitlines() if not line.startswith("_BASE_")]
 
 
-def _benchmark_bases():
-    """The configs that a configs/Benchmark/ config names as its _BASE_."""
-    bench = CONFIGS / "Benchmark"
-    return {(bench / _base(p)).resolve() for p in bench.glob("*.yaml") if _base(p)}
-
-
 def test_there_are_deltas_over_coco_and_shapes_configs():
     assert len(DELTAS) >= 50
     for delta in DELTAS:
@@ -52,14 +46,8 @@ def test_there_are_deltas_over_coco_and_shapes_configs():
 
 
 @pytest.mark.parametrize("path", ABLATION_FILES, ids=_rel)
-def test_an_ablation_is_a_delta_or_a_pair_a_benchmark_config_builds_on(path):
-    if path in DELTAS:
-        return
-    # kept as a COCO file and a shapes file: configs/Benchmark/ names the shapes one as _BASE_
-    twins = [p for p in ABLATION_FILES if p != path and p not in DELTAS and _body(p) == _body(path)]
-    assert _base(path) and len(twins) == 1, path
-    shapes = next(p for p in (path, twins[0]) if p.name.endswith("_shapes.yaml"))
-    assert shapes.resolve() in _benchmark_bases()
+def test_every_ablation_is_a_delta(path):
+    assert path in DELTAS
 
 
 @pytest.mark.parametrize("delta", DELTAS, ids=_rel)
@@ -92,14 +80,26 @@ def test_composition_equals_the_file_compose_config_writes(files, tmp_path):
     assert flat_dump(composed) != flat_dump(setup_cfg(paths[0]))
 
 
-def test_no_two_configs_have_the_same_body_but_instant_tests_and_benchmarked_pairs():
+def test_no_two_configs_have_the_same_body_but_instant_tests():
     groups = defaultdict(list)
     for path in sorted(CONFIGS.rglob("*.yaml")):
-        if path.parent.name not in ("Benchmark", "Pretrain", "Protocols"):
+        if path.parent.name not in ("Pretrain", "Protocols"):
             groups["\n".join(_body(path))].append(path)
-    benchmarked = _benchmark_bases()
     for paths in groups.values():
-        if len(paths) == 1 or all(p.name.endswith("_instant_test.yaml") for p in paths):
-            continue
-        # an ablation pair kept because a benchmark config builds on its shapes file
-        assert len(paths) == 2 and any(p.resolve() in benchmarked for p in paths), paths
+        assert len(paths) == 1 or all(p.name.endswith("_instant_test.yaml") for p in paths), paths
+
+
+def test_a_protocol_is_one_file_over_any_method_config():
+    """Protocols/ holds one file per protocol (no per-method copies), without _BASE_; merged over
+    a method config it sets the protocol's keys and leaves the method's model alone."""
+    protocols = sorted((CONFIGS / "Protocols").glob("*.yaml"))
+    assert [p.stem for p in protocols] == ["shapes_v3", "shapes_v4"]
+    method = CONFIGS / "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
+    alone = setup_cfg(str(method))
+    for protocol in protocols:
+        assert "_BASE_" not in (yaml.safe_load(protocol.read_text()) or {})
+        merged = setup_cfg([str(method), str(protocol)])
+        assert merged.MODEL.ROI_HEADS == alone.MODEL.ROI_HEADS
+        assert merged.MODEL.ROI_BOX_CASCADE_HEAD == alone.MODEL.ROI_BOX_CASCADE_HEAD
+        assert merged.MODEL.WEIGHTS.startswith("cascade_zoo://Benchmark/shapes_backbone_R_18")
+        assert merged.SOLVER.MAX_ITER != alone.SOLVER.MAX_ITER

@@ -144,7 +144,7 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
 
     shipped = zoo / "shipped"
     monkeypatch.setattr(model_zoo, "SHIPPED_DIR", shipped)
-    flagship = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+    flagship = "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
     cfg = model_zoo.get_config(flagship)
     cfg.MODEL.DEVICE = "cpu"
     trained = build_model(cfg)
@@ -160,7 +160,7 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
         str(run / "model_final.pth"), flagship, 0, metrics=str(run / "metrics.json"),
         zoo_dir=str(shipped),
     )  # fmt: skip
-    assert target == shipped / "Benchmark" / "cascade_rcnn_R_18_FPN_shapes" / "seed0"
+    assert target == shipped / "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes" / "seed0"
     assert sorted(p.name for p in target.iterdir()) == ["SHA256SUMS", "metrics.json",
                                                         "model_final.pth"]  # fmt: skip
     published = torch.load(target / "model_final.pth", weights_only=True)
@@ -188,7 +188,7 @@ def test_flagship_model_is_found_where_the_repository_would_ship_it(zoo, monkeyp
         model_zoo.publish_model(
             str(run / "model_corrupt.pth"), flagship, 1, zoo_dir=str(shipped)
         )  # fmt: skip
-    assert not (shipped / "Benchmark" / "cascade_rcnn_R_18_FPN_shapes" / "seed1").exists()
+    assert not (shipped / "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes" / "seed1").exists()
     # and a published model that was altered afterwards is refused when loaded
     altered = torch.load(target / "model_final.pth", weights_only=True)
     altered["model"][first] = altered["model"][first] * 2.0
@@ -295,6 +295,29 @@ def test_the_flat_file_of_a_composition_trains_the_same_model(zoo, monkeypatch):
     assert flat_dump(setup_cfg(flat, freeze=False)) == flat_dump(setup_cfg(parts, freeze=False))
 
 
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", V4_CASCADE.replace("v4", "v3")),
+        ("CascadeRCNN/ablations/cascade_rcnn_R_50_FPN_1x_2_stages.yaml",
+         "CascadeRCNN/cascade_rcnn_R_50_FPN_1x.yaml+CascadeRCNN/ablations/2_stages.yaml"),
+        ("Benchmark/pretrain_faster_rcnn_R_18_FPN_shapes.yaml",
+         "Pretrain/shapes_backbone_R_18_w32_1x.yaml"),
+    ],
+)  # fmt: skip
+def test_a_config_name_that_became_a_composition_still_resolves_with_a_warning(old, new):
+    from cascade_zoo.config import flat_dump
+
+    with pytest.warns(FutureWarning, match="is now"):
+        assert model_zoo.resolve_config_path(old) == new
+    with pytest.warns(FutureWarning):
+        assert model_zoo.config_name(model_zoo.resolve_config_path(old)) == model_zoo.config_name(
+            new
+        )
+        old_cfg = model_zoo.get_config(old)
+    assert flat_dump(old_cfg) == flat_dump(model_zoo.get_config(new))
+
+
 def test_detectron2_equivalents_resolve_to_detectron2_files():
     # Detectron2's model-zoo URL of its Cascade Mask R-CNN R50-FPN 1x (MODEL_ZOO.md of Detectron2)
     assert model_zoo.get_checkpoint_url("Baselines/cascade_mask_rcnn_R_50_FPN_1x.yaml") == (
@@ -309,16 +332,6 @@ def test_detectron2_equivalents_resolve_to_detectron2_files():
     )
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 @pytest.mark.parametrize("ours,theirs", sorted(model_zoo.DETECTRON2_EQUIVALENTS.items()))
 def test_detectron2_names_resolve_to_the_same_config_of_this_project(ours, theirs):
     """Detectron2's config name gives this project's config, whose every Detectron2 key has
@@ -330,7 +343,9 @@ def test_detectron2_names_resolve_to_the_same_config_of_this_project(ours, their
     cfg = model_zoo.get_config(theirs)
     reference = get_cfg()
     reference.merge_from_file(d2_model_zoo.get_config_file(theirs))
-    own, expected = _flat(cfg), _flat(reference)
+    from conftest import flat_config
+
+    own, expected = flat_config(cfg), flat_config(reference)
     expected.pop("MODEL.DEVICE")  # setup_cfg picks the CPU without CUDA
     assert {k: own[k] for k in expected if own[k] != expected[k]} == {}
 
@@ -351,12 +366,12 @@ def test_model_zoo_md_says_which_models_the_repository_ships():
     from conftest import ROOT
 
     lines = (ROOT / "MODEL_ZOO.md").read_text().splitlines()
-    rows = [line.split("|") for line in lines if line.startswith("| `Benchmark/")]
+    rows = [line.split("|") for line in lines if line.startswith(("| `Benchmark/", "| `shapes_v"))]
     backbone = [cells for cells in rows if "shapes_backbone" in cells[1]]
     assert backbone and backbone[0][2].strip() == "yes"
     assert (model_zoo.SHIPPED_DIR / "Benchmark" / "shapes_backbone_R_18_w32.pth").is_file()
     rows = [cells for cells in rows if cells[2].strip().isdigit()]  # the trained models' table
-    assert rows
+    assert rows and any(cells[3].strip().startswith("yes") for cells in rows)  # the flagship
     for cells in rows:
         name, seed = cells[1].strip().strip("`"), cells[2].strip()
         shipped = (model_zoo.SHIPPED_DIR / name / f"seed{seed}" / "model_final.pth").is_file()
@@ -408,7 +423,7 @@ def test_the_shipped_backbone_loads_into_the_demo_config():
         assert torch.equal(value, shipped[name]), name
 
 
-FLAGSHIP = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+FLAGSHIP = "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
 
 
 def _box_iou(a, b):
@@ -435,7 +450,8 @@ def test_the_shipped_flagship_loads_and_finds_the_objects(tmp_path, monkeypatch)
     monkeypatch.delenv("CASCADE_ZOO_IGNORE_SHIPPED", raising=False)
     model = model_zoo.get(FLAGSHIP, trained=True, device="cpu")  # checks the checksum
     shipped = torch.load(
-        model_zoo.SHIPPED_DIR / "Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
+        model_zoo.SHIPPED_DIR
+        / "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
         weights_only=True,
     )["model"]
     for name, value in model.state_dict().items():
@@ -459,16 +475,18 @@ def test_the_shipped_flagship_loads_and_finds_the_objects(tmp_path, monkeypatch)
 
 
 def test_the_model_zoo_eval_only_line_runs_on_the_shipped_flagship(tmp_path, monkeypatch):
-    """MODEL_ZOO.md's `train_net.py --config-file configs/<name>.yaml --eval-only MODEL.WEIGHTS
-    cascade_zoo://<name>/seed0/model_final.pth`, on a fresh clone (empty model-zoo directory),
+    """MODEL_ZOO.md's `train_net.py --config-file configs/<config>.yaml --config-file
+    configs/Protocols/<protocol>.yaml --eval-only MODEL.WEIGHTS cascade_zoo://<name>/seed0/...`
+    for the name <protocol>/<config>, on a fresh clone (empty model-zoo directory),
     here on the 8 images of shapes_tiny_val."""
     from conftest import run_train_net
 
     monkeypatch.setenv("CASCADE_ZOO_MODEL_ZOO", str(tmp_path / "empty"))
     monkeypatch.delenv("CASCADE_ZOO_IGNORE_SHIPPED", raising=False)
     proc = run_train_net(
-        "--config-file", f"configs/{FLAGSHIP}", "--eval-only",
-        "MODEL.WEIGHTS", "cascade_zoo://Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
+        "--config-file", "configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml",
+        "--config-file", "configs/Protocols/shapes_v3.yaml", "--eval-only",
+        "MODEL.WEIGHTS", "cascade_zoo://shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth",
         "DATASETS.TEST", "('shapes_tiny_val',)", "MODEL.DEVICE", "cpu",
         "OUTPUT_DIR", tmp_path / "out",
     )  # fmt: skip

@@ -13,7 +13,7 @@ from PIL import Image
 from cascade_zoo import model_zoo
 
 NOTEBOOK = ROOT / "docs" / "notebooks" / "inference.ipynb"
-FLAGSHIP = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+FLAGSHIP = "shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
 
 
 def _run(monkeypatch, **params):
@@ -76,7 +76,7 @@ def test_fresh_clone_uses_the_shipped_flagship(tmp_path, image_from_disk, monkey
         CASCADE_ZOO_IGNORE_SHIPPED="", DATASET="shapes_tiny_val", IMAGE=image_from_disk,
     )  # fmt: skip
     assert (
-        "weights: cascade_zoo://Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth"
+        "weights: cascade_zoo://shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth"
         in (text)
     )
     assert "this model/stage3" in text and "Faster R-CNN (benchmark)" in text
@@ -103,7 +103,7 @@ def test_fresh_clone_uses_the_model_zoo(tmp_path, image_from_disk, monkeypatch):
         monkeypatch, DEMO_DIR=tmp_path / "no_demo", CASCADE_ZOO_MODEL_ZOO=tmp_path / "zoo", **params
     )
     assert (
-        "weights: cascade_zoo://Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth"
+        "weights: cascade_zoo://shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0/model_final.pth"
         in (text)
     )
     assert "this model/stage3" in text and "Faster R-CNN (benchmark)" in text

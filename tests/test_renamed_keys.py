@@ -14,7 +14,7 @@ from cascade_zoo.results import config_diff, config_hash
 
 OLD, NEW = "MODEL.BOX_CASCADE.HEAD_LR_RESCALE", "MODEL.BOX_CASCADE.HEAD_GRADIENT_RESCALE"
 CORE = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_instant_test.yaml"
-R3_RESULTS = ROOT / "benchmarks" / "results" / "Benchmark" / "r3_cnn_R_18_FPN_shapes"
+R3_RESULTS = ROOT / "benchmarks" / "results" / "shapes_v3" / "R3CNN" / "r3_cnn_R_18_FPN_shapes"
 
 
 def _config(path, base, key, value):
@@ -76,6 +76,6 @@ def test_the_recorded_r3_cnn_results_keep_their_config_hash():
     for path in results:
         data = json.loads(path.read_text())
         assert data["config_diff"][OLD] is False  # recorded before the rename
-        diff = config_diff(str(ROOT / data["config"]))
+        diff = config_diff([str(ROOT / f) for f in data["config_files"]])
         assert diff[NEW] is False and OLD not in diff
         assert config_hash(diff) == data["config_hash"], path

@@ -457,6 +457,19 @@ def paper():
     registry.unregister_results("test_paper")
 
 
+def test_a_protocol_run_gets_the_variants_registered_for_its_method_config(paper):
+    paper("test_paper", eval_variants={"Test/x": [("v", ["K", "1"])]})
+    own = [registry.EvalVariant("v", ["K", "1"])]
+    assert registry.variants_of_run("Test/x") == own
+    assert registry.variants_of_run("shapes_v3/Test/x") == own
+    assert registry.variants_of_run("shapes_v4/Test/x") == own
+    assert registry.variants_of_run("no_such_protocol/Test/x") == []
+    assert registry.variants_of_run("shapes_v4/Test/y") == []
+    # the papers' own: R3-CNN's test-loop evaluations under either protocol
+    r3 = registry.variants_of_run("shapes_v4/R3CNN/r3_cnn_R_18_FPN_shapes")
+    assert [v.name for v in r3] == [f"L_e={n}" for n in range(1, 6)]
+
+
 def test_eval_variants_are_stored_and_reported(rb, tmp_path, monkeypatch, paper):
     run = _run(rb, tmp_path)
     variants = [("L_e=1", ["K", "1"]), ("L_e=2", ["K", "2"])]
@@ -942,7 +955,7 @@ def test_a_new_paper_registers_its_variants_figures_and_readme(rb, tmp_path, pap
     assert rb.readmes()[-1] == readme
     assert rb.model_figures()[-1] == rb.ModelFigure("images/test_fig.png", "Test's Fig. 1", readme)
     with pytest.raises(ValueError, match="r3_cnn"):
-        paper("test_paper", eval_variants={"Benchmark/r3_cnn_R_18_FPN_shapes": []})
+        paper("test_paper", eval_variants={"R3CNN/r3_cnn_R_18_FPN_shapes": []})
     (tmp_path / "images").mkdir()
     (tmp_path / "images/test_fig.png").write_bytes(b"png")
     md = tmp_path / "results.md"

@@ -20,9 +20,9 @@ from datetime import date
 from cascade_zoo.utils.markdown import markdown_table, write_markdown_section
 
 DEFAULT_CONFIGS = [
-    "configs/Benchmark/faster_rcnn_R_18_FPN_shapes.yaml",
-    "configs/Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml",
-    "configs/Benchmark/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml",
+    "configs/Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
+    "configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml",
+    "configs/IoUUniform/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml",
 ]
 #: The title of each option's section in docs/benchmarks.md.
 TITLES = {

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 r"""Publish a trained model into a model-zoo directory, as Detectron2's model zoo holds one.
 
-    python tools/publish_model.py output/Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0 \
-        --name Benchmark/cascade_rcnn_R_18_FPN_shapes --seed 0 [--ship | --zoo-dir DIR]
+    python tools/publish_model.py output/Baselines/faster_rcnn_R_18_FPN_shapes/seed0 \
+        --name Baselines/faster_rcnn_R_18_FPN_shapes --seed 0 [--ship | --zoo-dir DIR]
 
 RUN_DIR is a train_net.py OUTPUT_DIR: its model_final.pth (or --checkpoint FILE) and its
 metrics.json are published as <zoo>/<name>/seed<k>/model_final.pth (the model's weights only: no

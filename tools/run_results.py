@@ -3,12 +3,10 @@
 run in the repository, and regenerate docs/results.md, its plots, MODEL_ZOO.md and the paper
 READMEs' results and claims blocks from those files (cascade_zoo.results).
 
-    python tools/run_results.py --configs Benchmark/faster_rcnn_R_18_FPN_shapes.yaml \\
-        Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0 1 2
+    python tools/run_results.py --protocol Protocols/shapes_v3.yaml --seeds 0 1 2 --configs \\
+        Baselines/faster_rcnn_R_18_FPN_shapes.yaml CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml
     python tools/run_results.py --report-only      # tables, plots, MODEL_ZOO.md from the files
     python tools/run_results.py --report-only --protocol Protocols/shapes_v4.yaml  # claims: v4
-    python tools/run_results.py --protocol Protocols/shapes_v4.yaml \\
-        --configs CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml --seeds 0
     python tools/run_results.py --configs \\
         CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/integral_loss.yaml
 
@@ -16,14 +14,16 @@ Configs are named relative to configs/. BASE.yaml+DELTA.yaml (several + allowed)
 deltas merged over it in order, named by the stems joined by + in the last file's directory
 (CascadeRCNN/ablations/cascade_rcnn_R_18_FPN_shapes+integral_loss); its config hash is that of
 the merged config. With --protocol, each is a method config and the run's config is it followed
-by the protocol file; the run is named <protocol stem>/<config's name>. Each run
+by the protocol file; the run is named <protocol stem>/<config's name>. The report measures the
+papers' claims on the runs of --protocol, by default on those of the current protocol
+(cascade_zoo.results.CURRENT_PROTOCOL). Each run
 trains with train_net.py (--resume) in <runs-dir>/<name>/seed<k> (its output in train_stdout.txt
 there; a progress line every 45 s here), so a killed run continues from its last checkpoint; a
 run whose result file <results-dir>/<name>/seed<k>.json is there, valid and of the same config is
 skipped, one of another config or pretrained backbone is set aside and the run re-done
-(docs/benchmark_protocol.md). Finished runs of one config file publish their model (weights
-only), metrics.json and SHA256SUMS under the model zoo (cascade_zoo://<name>/seed<k>/, see
-cascade_zoo.model_zoo).
+(docs/benchmark_protocol.md). Finished runs without KEY VALUE overrides publish their model
+(weights only), metrics.json and SHA256SUMS under the model zoo (cascade_zoo://<name>/seed<k>/,
+see cascade_zoo.model_zoo).
 """
 
 import argparse
@@ -37,7 +37,13 @@ import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-tim
 
 # isort: split
 from cascade_zoo.model_zoo import REPO_ROOT, cache_dir
-from cascade_zoo.results import run_matrix, write_reports
+from cascade_zoo.results import (
+    BASELINE_CONFIG,
+    CURRENT_PROTOCOL,
+    run_matrix,
+    run_name,
+    write_reports,
+)
 from cascade_zoo.utils.env import default_device
 
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
                          "regenerated under this directory (default: in place in the repository "
                          "when --results-md is the default, else not at all)")  # fmt: skip
     readmes.add_argument("--no-readmes", action="store_true", help="leave the READMEs alone")
-    add("--baseline", default="Benchmark/faster_rcnn_R_18_FPN_shapes")
+    add("--baseline", help="the plots' baseline run (default: Faster R-CNN under the protocol)")
     add("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[run_results] %(message)s")
@@ -87,6 +93,8 @@ def main(argv=None) -> int:
             fill_missing=args.fill_missing,
         )  # fmt: skip
     if not args.no_report:
+        protocol = args.protocol or CURRENT_PROTOCOL
+        baseline = args.baseline or run_name(BASELINE_CONFIG, protocol)
         # the READMEs are rewritten in place only when the report goes to the repository
         readme_dir = args.readme_dir
         if readme_dir is None and not args.no_readmes:
@@ -94,7 +102,7 @@ def main(argv=None) -> int:
         write_reports(
             results_dir, results_md=Path(args.results_md), model_zoo_md=Path(args.model_zoo_md),
             figures_dir=Path(args.figures_dir), readme_dir=readme_dir and Path(readme_dir),
-            baseline=args.baseline, protocol=args.protocol,
+            baseline=baseline, protocol=protocol,
         )  # fmt: skip
     for config, seed in failed:
         logging.error(f"not done: {config} seed {seed} (run the same command again to resume)")

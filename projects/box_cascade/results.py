@@ -5,8 +5,8 @@ from pathlib import Path
 
 from cascade_zoo.results.registry import Claim, Comparison, register_results
 
-FASTER = "Benchmark/faster_rcnn_R_18_FPN_shapes.yaml"
-CASCADE = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+FASTER = "Baselines/faster_rcnn_R_18_FPN_shapes.yaml"
+CASCADE = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
 POLICIES = "tests/box_cascade/test_core_policies.py"
 # the core's cascade is Detectron2's CascadeROIHeads where their settings coincide, and each
 # stage trains on the boxes and at the IoU threshold the paper writes
@@ -46,7 +46,7 @@ register_results(
             "a third stage still improves on two",
             "Table 4",
             "a non-trivial gain of the third stage (COCO val)",
-            Comparison(CASCADE, "Benchmark/cascade_rcnn_R_18_FPN_2_stages_shapes.yaml", "AP"),
+            Comparison(CASCADE, f"{CASCADE}+CascadeRCNN/ablations/2_stages.yaml", "AP"),
             STAGES,
         ),
         Claim(
@@ -54,9 +54,7 @@ register_results(
             "a fourth stage (u = 0.75) lowers the overall AP slightly",
             "Table 4",
             "a slight AP decrease (COCO val), with the best AP at high IoU",
-            Comparison(
-                "Benchmark/cascade_rcnn_R_18_FPN_4_stages_shapes.yaml", CASCADE, "AP", expect="-"
-            ),
+            Comparison(f"{CASCADE}+CascadeRCNN/ablations/4_stages.yaml", CASCADE, "AP", expect="-"),
             STAGES
             + (
                 "run: both stage counts under protocol v4 (`--protocol Protocols/shapes_v4.yaml`"

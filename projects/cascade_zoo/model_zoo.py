@@ -2,7 +2,7 @@
 
 - :func:`get_config_file`, :func:`get_config`, :func:`get` and :func:`get_checkpoint_url` take a
   config path relative to the repository's ``configs/`` (e.g.
-  ``"Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"``), as Detectron2's take one relative to its
+  ``"CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"``), as Detectron2's take one relative to its
   own ``configs/``.
 - Checkpoints are named ``cascade_zoo://<config name>/seed<k>/model_final.pth``. The
   :class:`CascadeZooHandler` (registered with Detectron2's ``PathManager`` when ``cascade_zoo`` is
@@ -41,6 +41,7 @@ import os
 import posixpath
 import shlex
 import shutil
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -80,6 +81,56 @@ DETECTRON2_EQUIVALENTS = {
 # Benchmark protocols (configs/Protocols/<stem>.yaml): merged last over a method config; a model
 # trained under one is named "<stem>/<the method config's name>".
 PROTOCOLS = "Protocols"
+# Config names that were files once and are compositions now, -> their composition (they still
+# resolve, with a FutureWarning): protocol v3's overlays configs/Benchmark/<x>.yaml became the
+# method config + Protocols/shapes_v3.yaml, and the COCO / shapes stage-count and IoU-Uniform
+# Table 4 ablation pairs became one delta each.
+_V3 = "Protocols/shapes_v3.yaml"
+_CASCADE = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
+_IU = "IoUUniform/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml"
+RENAMED_CONFIGS = {
+    "Benchmark/pretrain_faster_rcnn_R_18_FPN_shapes": "Pretrain/shapes_backbone_R_18_w32_1x.yaml",
+    **{
+        f"Benchmark/{Path(method).stem}": f"{method}+{_V3}"
+        for method in (
+            "Baselines/faster_rcnn_R_18_FPN_shapes.yaml",
+            _CASCADE,
+            "CascadeRCNN/cascade_rcnn_R_18_FPN_detectron2_shapes.yaml",
+            "FSCascade/fs_cascade_R_18_FPN_shapes.yaml",
+            "R3CNN/r3_cnn_R_18_FPN_shapes.yaml",
+            "RGA_PRM/faster_rcnn_R_18_FPN_rga_shapes.yaml",
+            "RGA_PRM/faster_rcnn_R_18_FPN_prm_shapes.yaml",
+            "RGA_PRM/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml",
+            "RGA_PRM/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml",
+            _IU,
+            "IoUUniform/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml",
+        )
+    },
+    **{
+        f"Benchmark/cascade_rcnn_R_18_FPN_{n}_shapes": (
+            f"{_CASCADE}+CascadeRCNN/ablations/{n}.yaml+{_V3}"
+        )
+        for n in ("1_stage", "2_stages", "4_stages")
+    },
+    **{
+        f"Benchmark/iou_uniform_faster_rcnn_R_18_FPN_{n}_shapes": (
+            f"{_IU}+IoUUniform/ablations/{n}.yaml+{_V3}"
+        )
+        for n in ("off", "uniform", "uniform_efo")
+    },
+    **{
+        f"{paper}/ablations/{old}": f"{paper}/{base}+{paper}/ablations/{n}.yaml"
+        for paper, stems, deltas in (
+            ("CascadeRCNN", "cascade_rcnn_R_{}", ("1_stage", "2_stages", "4_stages")),
+            ("IoUUniform", "iou_uniform_faster_rcnn_R_{}", ("off", "uniform", "uniform_efo")),
+        )
+        for n in deltas
+        for old, base in (
+            (stems.format(f"50_FPN_1x_{n}"), stems.format("50_FPN_1x.yaml")),
+            (stems.format(f"18_FPN_{n}_shapes"), stems.format("18_FPN_shapes.yaml")),
+        )
+    },
+}
 # The files of a published model, in <model-zoo base>/<name>/seed<k>/.
 CHECKPOINT_FILE = "model_final.pth"
 METRICS_FILE = "metrics.json"
@@ -220,7 +271,7 @@ def config_parts(config: str) -> List[str]:
 
 
 def run_name(config: str, protocol: Optional[str] = None) -> str:
-    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``. A composition is named by its files' stems
+    """``"Baselines/x.yaml"`` -> ``"Baselines/x"``. A composition is named by its files' stems
     joined by ``+``, in the last file's directory: ``"P/x.yaml+P/ablations/d.yaml"`` ->
     ``"P/ablations/x+d"``. With protocol ``"Protocols/shapes_v4.yaml"``: ``"shapes_v4/"`` before
     the name."""
@@ -262,7 +313,7 @@ def composition_files(config_path: str) -> List[str]:
 
 
 def config_name(config_path: str) -> str:
-    """``"Benchmark/x.yaml"`` -> ``"Benchmark/x"``: the model's name in the zoo; a composition
+    """``"Baselines/x.yaml"`` -> ``"Baselines/x"``: the model's name in the zoo; a composition
     is named as ``tools/run_results.py`` names its run (:func:`run_name`)."""
     if "+" in config_path or split_protocol(config_path)[1]:
         config, protocol = split_protocol(config_path)
@@ -294,6 +345,16 @@ def resolve_config_path(config_path: str) -> str:
         RuntimeError: neither a config of this project nor a Detectron2 config with an
             equivalent here; the message lists the Detectron2 names that have one.
     """
+    renamed = RENAMED_CONFIGS.get(
+        config_path[: -len(".yaml")] if config_path.endswith(".yaml") else config_path
+    )
+    if renamed:
+        warnings.warn(
+            f"{config_path} is now {renamed} (the same settings); the old name will go",
+            FutureWarning,
+            stacklevel=2,
+        )
+        config_path = renamed
     if "+" in config_path or split_protocol(config_path)[1]:
         return "+".join(composition_files(config_path))  # each file checked
     return _resolve_file(config_path)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from cascade_zoo.results.registry import Claim, Comparison, register_results
 
-FS = "Benchmark/fs_cascade_R_18_FPN_shapes.yaml"
-CASCADE = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
+FS = "FSCascade/fs_cascade_R_18_FPN_shapes.yaml"
+CASCADE = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
 # the head is the paper's equations, it reduces to the core's cascade with its switches off, and
 # each ablation is one delta over the shapes config (the runs name the delta they make)
 CHECKS = (

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from cascade_zoo.results.registry import Claim, Comparison, register_results
 
-FASTER = "Benchmark/faster_rcnn_R_18_FPN_shapes.yaml"
-CASCADE = "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml"
-IU_FASTER = "Benchmark/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml"
-IU_CASCADE = "Benchmark/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml"
+FASTER = "Baselines/faster_rcnn_R_18_FPN_shapes.yaml"
+CASCADE = "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"
+IU_FASTER = "IoUUniform/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml"
+IU_CASCADE = "IoUUniform/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml"
 TESTS = "tests/iou_uniform"
 # the generated boxes, the losses and the scoring are the paper's restated slowly, and with the
 # branch off the heads are the core's Faster and Cascade R-CNN
@@ -38,7 +38,7 @@ register_results(
     eval_variants={
         # Table 6 "EFO: No" / Fig. 8(a): the trained model ranked by the IoU predicted at the
         # input boxes, without re-pooling at the refined ones
-        f"Benchmark/iou_uniform_{arch}_rcnn_R_18_FPN_shapes": [
+        f"IoUUniform/iou_uniform_{arch}_rcnn_R_18_FPN_shapes": [
             ("no EFO", ["MODEL.IOU_UNIFORM.EFO", "False"]),
             # the IoU factor set to 1 at test: separates the test-time scoring from training
             ("no IoU scoring", ["MODEL.IOU_UNIFORM.TEST_IOU_SCORING", "False"]),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cascade_zoo.results.registry import Claim, Comparison, register_results
 
-R3 = "Benchmark/r3_cnn_R_18_FPN_shapes.yaml"
+R3 = "R3CNN/r3_cnn_R_18_FPN_shapes.yaml"
 LOOPS = "tests/r3_cnn/test_r3_loops.py"
 # the loops are the paper's, one loop is Faster R-CNN with a class-agnostic regressor, the box
 # branch is one stage of the core's cascade, and the shared head's gradient is the loops' sum
@@ -23,7 +23,7 @@ register_results(
     readme=Path(__file__).with_name("README.md"),
     eval_variants={
         # Table 2: the 3-loop model evaluated with L_e = 1..5 loops
-        "Benchmark/r3_cnn_R_18_FPN_shapes": [
+        "R3CNN/r3_cnn_R_18_FPN_shapes": [
             (f"L_e={n}", ["MODEL.BOX_CASCADE.NUM_TEST_STAGES", str(n)]) for n in range(1, 6)
         ],
     },
@@ -33,7 +33,7 @@ register_results(
             "the naive R3-CNN (one head, three loops) is above the one-stage detector",
             "Table 2",
             "+2.7 AP on COCO (40.9 against Mask R-CNN's 38.2)",
-            Comparison(R3, "Benchmark/faster_rcnn_R_18_FPN_shapes.yaml", "AP"),
+            Comparison(R3, "Baselines/faster_rcnn_R_18_FPN_shapes.yaml", "AP"),
             CHECKS,
         ),
         Claim(
@@ -43,7 +43,7 @@ register_results(
             "Table 1",
             "-0.8 AP on COCO (40.9 against HTC's 41.7); tolerance here 1 AP",
             Comparison(
-                R3, "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", "AP", expect="~", size=1.0
+                R3, "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml", "AP", expect="~", size=1.0
             ),
             CHECKS,
         ),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from cascade_zoo.results.registry import Claim, Comparison, register_results
 
-FASTER = "Benchmark/faster_rcnn_R_18_FPN_shapes.yaml"
-RGA = "Benchmark/faster_rcnn_R_18_FPN_rga_shapes.yaml"
+FASTER = "Baselines/faster_rcnn_R_18_FPN_shapes.yaml"
+RGA = "RGA_PRM/faster_rcnn_R_18_FPN_rga_shapes.yaml"
 RGA_TESTS = "tests/rga_prm/test_rga.py"
 PRM_TESTS = "tests/rga_prm/test_prm.py"
 # lambda is the paper's annealing and reaches the weight update, also under clipping
@@ -43,7 +43,7 @@ register_results(
             "PRM (two modules, 1:1 and 1:9) improves Faster R-CNN",
             "Table 5, Table 1",
             "+1.2 AP on COCO minival (37.3 against 36.1; +1.0 over its baseline in Table 1)",
-            Comparison("Benchmark/faster_rcnn_R_18_FPN_prm_shapes.yaml", FASTER, "AP"),
+            Comparison("RGA_PRM/faster_rcnn_R_18_FPN_prm_shapes.yaml", FASTER, "AP"),
             PRM_CHECKS,
         ),
         Claim(
@@ -51,7 +51,7 @@ register_results(
             "RGA and PRM together improve Faster R-CNN most",
             "Table 2",
             "+2.0 AP on COCO minival (38.1 against 36.1)",
-            Comparison("Benchmark/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml", FASTER, "AP"),
+            Comparison("RGA_PRM/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml", FASTER, "AP"),
             RGA_CHECKS + PRM_CHECKS,
         ),
         Claim(
@@ -60,8 +60,8 @@ register_results(
             "Table 2",
             "+1.2 AP on COCO minival (41.7 against 40.5)",
             Comparison(
-                "Benchmark/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml",
-                "Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml",
+                "RGA_PRM/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml",
+                "CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml",
                 "AP",
             ),
             RGA_CHECKS + PRM_CHECKS,

@@ -3,10 +3,8 @@ Sec. 6.3), written out here as a literal table; an ablation is one delta applied
 config and over its shapes version (Table 4's stage counts: a COCO file and a shapes file that
 differ only in their base)."""
 
-from pathlib import Path
-
 import pytest
-from conftest import ROOT, assert_ablation_under_the_protocol
+from conftest import PROTOCOLS, ROOT, assert_under_the_protocol
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_roi_heads
 from helpers.core import cfg_of
@@ -65,8 +63,6 @@ COCO, SHAPES = (
     CONFIGS / "cascade_rcnn_R_50_FPN_1x.yaml",
     CONFIGS / "cascade_rcnn_R_18_FPN_shapes.yaml",
 )
-# Table 4's stage counts stay a COCO file and a shapes file: configs/Benchmark/ builds on the latter
-PAIRS = ("1_stage", "2_stages", "4_stages")
 # Table 9's mask strategies, deltas over the Cascade Mask R-CNN configs (strategy b)
 MASK_STRATEGIES = ("last", "every")
 
@@ -75,9 +71,6 @@ def _files(name):
     """The COCO and the shapes config of an ablation, each as the files merged in order."""
     if not name:
         return [[COCO], [SHAPES]]
-    if name in PAIRS:
-        return [[ABLATIONS / f"cascade_rcnn_R_50_FPN_1x_{name}.yaml"],
-                [ABLATIONS / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml"]]  # fmt: skip
     return [[COCO, ABLATIONS / f"{name}.yaml"], [SHAPES, ABLATIONS / f"{name}.yaml"]]
 
 
@@ -148,21 +141,11 @@ def test_detectron2_equivalent_configs_use_detectron2s_mechanics():
         assert heads.later_stage_gt == "keep" and heads.test_ensemble == "mean_probs"
 
 
-def _body(path: Path) -> str:
-    return "\n".join(
-        line for line in path.read_text().splitlines() if not line.startswith("_BASE_")
-    )
-
-
 @pytest.mark.parametrize("name", [n for n in PAPER if n])
 def test_an_ablation_is_one_delta_over_coco_and_shapes(name):
-    coco, shapes = _files(name)
-    if name in PAIRS:
-        assert _body(coco[0]) == _body(shapes[0])
-        assert coco[0].read_text() != shapes[0].read_text()
-    else:  # the delta's header names the two configs it applies over
-        rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in (coco, shapes)]
-        assert documented_compositions(coco[-1]) == rel
+    coco, shapes = _files(name)  # the delta's header names the two configs it applies over
+    rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in (coco, shapes)]
+    assert documented_compositions(coco[-1]) == rel
 
 
 @pytest.mark.parametrize("strategy", MASK_STRATEGIES)
@@ -177,14 +160,10 @@ def test_mask_strategy_deltas_apply_over_the_cascade_mask_configs(strategy):
         assert setup_cfg(CONFIGS / base).MODEL.BOX_CASCADE.MASK_STRATEGY == "first"
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("name", ["1_stage", "2_stages", "4_stages"])
-def test_stage_count_benchmark_configs_are_the_ablations_under_the_protocol(name):
-    """Table 4's rows under the fair benchmark protocol, against the protocol's three-stage
-    Cascade R-CNN."""
-    bench = ROOT / "configs" / "Benchmark"
-    cfg = assert_ablation_under_the_protocol(
-        bench / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml",
-        ABLATIONS / f"cascade_rcnn_R_18_FPN_{name}_shapes.yaml",
-        bench / "cascade_rcnn_R_18_FPN_shapes.yaml",
-    )
+def test_stage_count_benchmark_configs_are_the_ablations_under_the_protocol(name, protocol):
+    """Table 4's rows under a benchmark protocol, against the protocol's three-stage Cascade
+    R-CNN."""
+    cfg = assert_under_the_protocol([SHAPES, ABLATIONS / f"{name}.yaml"], protocol, SHAPES)
     assert cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS == PAPER[name][0]

@@ -4,7 +4,7 @@ config and over its shapes version; the COCO configs follow the paper's recipe (
 benchmark config is the Cascade benchmark's model plus the FSCascade head."""
 
 import pytest
-from conftest import ROOT, config_id
+from conftest import PROTOCOLS, ROOT, config_id, flat_config
 from detectron2.modeling import build_model
 
 from cascade_zoo import setup_cfg
@@ -12,7 +12,6 @@ from cascade_zoo.config import documented_compositions
 
 CONFIGS = ROOT / "configs" / "FSCascade"
 ABLATIONS = CONFIGS / "ablations"
-BENCHMARK = ROOT / "configs" / "Benchmark"
 COCO, SHAPES = CONFIGS / "fs_cascade_R_50_FPN_20e.yaml", CONFIGS / "fs_cascade_R_18_FPN_shapes.yaml"
 
 # name: (CFS, LOC_HEAD, LFS); "" is the main config, FSCascade itself (Fig. 3d)
@@ -34,10 +33,11 @@ def _files(name):
     return [[COCO, ABLATIONS / f"{name}.yaml"], [SHAPES, ABLATIONS / f"{name}.yaml"]]
 
 
-# the main configs, each ablation over the COCO and the shapes one, the benchmark's
+# the main configs, each ablation over the COCO and the shapes one, the shapes one under each
+# benchmark protocol
 ALL = [[p] for p in sorted(CONFIGS.glob("*.yaml")) if not p.name.startswith("Base-")]
 ALL += [files for name in TABLE if name for files in _files(name)]
-ALL += [[BENCHMARK / "fs_cascade_R_18_FPN_shapes.yaml"]]
+ALL += [[SHAPES, protocol] for protocol in PROTOCOLS]
 
 
 @pytest.mark.parametrize("files", ALL, ids=config_id)
@@ -93,19 +93,11 @@ def test_coco_configs_follow_the_papers_recipe():
         assert tuple(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS) == (0.5, 0.6, 0.7)
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def test_benchmark_config_is_the_cascade_benchmark_plus_the_fscascade_head():
-    fs = _flat(setup_cfg(str(BENCHMARK / "fs_cascade_R_18_FPN_shapes.yaml")))
-    cascade = _flat(setup_cfg(str(BENCHMARK / "cascade_rcnn_R_18_FPN_shapes.yaml")))
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.stem)
+def test_benchmark_config_is_the_cascade_benchmark_plus_the_fscascade_head(protocol):
+    cascade_config = ROOT / "configs" / "CascadeRCNN" / "cascade_rcnn_R_18_FPN_shapes.yaml"
+    fs = flat_config(setup_cfg([str(SHAPES), str(protocol)]))
+    cascade = flat_config(setup_cfg([str(cascade_config), str(protocol)]))
     assert {k for k in fs if fs[k] != cascade[k]} == {
         "MODEL.ROI_HEADS.NAME",  # FSCascadeROIHeads, with MODEL.FS_CASCADE's defaults: the paper's
         "MODEL.BOX_CASCADE.TEST_ENSEMBLE",  # none: the last stage alone

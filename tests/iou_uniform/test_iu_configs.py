@@ -5,10 +5,8 @@ only in _BASE_), every COCO / VOC config loads and the main ones build, the
 cascade's per-stage generation settings and the benchmark configs are as documented, and bad
 configs stop with an error naming the key."""
 
-from pathlib import Path
-
 import pytest
-from conftest import ROOT, assert_ablation_under_the_protocol, config_id
+from conftest import PROTOCOLS, ROOT, assert_under_the_protocol, config_id
 from detectron2.modeling import build_model
 from helpers.iu import CASCADE, FASTER, D
 
@@ -43,19 +41,14 @@ def _settings(cfg):
             iu.IOU_SAMPLES, iu.NUM_SAMPLES_VS_RPN, iu.THRESHOLD_BEFORE_IOU)  # fmt: skip
 
 
-# Table 4's rows stay a COCO file and a shapes file: configs/Benchmark/ builds on the latter
-PAIRS = ("off", "uniform", "uniform_efo")
 COCO = D / "iou_uniform_faster_rcnn_R_50_FPN_1x.yaml"
 SHAPES = D / "iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml"
 VOC = D / "iou_uniform_faster_rcnn_R_50_FPN_voc.yaml"
 
 
 def _files(name):
-    """The COCO and the shapes config of an ablation (and the VOC one of a delta), each as the
-    files merged in order."""
-    if name in PAIRS:
-        return [[ABLATIONS / f"iou_uniform_faster_rcnn_R_50_FPN_1x_{name}.yaml"],
-                [ABLATIONS / f"iou_uniform_faster_rcnn_R_18_FPN_{name}_shapes.yaml"]]  # fmt: skip
+    """The COCO, the shapes and the VOC config of an ablation, each as the files merged in
+    order."""
     return [[base, ABLATIONS / f"{name}.yaml"] for base in (COCO, SHAPES, VOC)]
 
 
@@ -78,13 +71,9 @@ def test_ablation_resolves_to_the_papers_settings(name):
         assert iu.MAX_CANDIDATES == 5000  # rounds until each interval has M / N
         # the baseline regresses per class, as the paper's Faster R-CNN
         assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == (name != "off")
-    coco, shapes = _files(name)[:2]
-    if name in PAIRS:
-        body = [line for line in coco[0].read_text().splitlines() if "_BASE_" not in line]
-        assert body == [line for line in shapes[0].read_text().splitlines() if "_BASE_" not in line]
-    else:  # one delta, whose header names the configs it applies over
-        rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in _files(name)]
-        assert documented_compositions(coco[-1]) == rel
+    # one delta, whose header names the configs it applies over
+    rel = [[str(f.relative_to(ROOT / "configs")) for f in files] for files in _files(name)]
+    assert documented_compositions(_files(name)[0][-1]) == rel
 
 
 def test_main_configs_hold_the_papers_settings():
@@ -132,7 +121,7 @@ def test_cascade_configs_hold_the_official_codes_stage_settings():
 # the COCO and VOC configs: the files but the shapes ones and the deltas, each delta over them
 OTHERS = [[p] for p in sorted(D.glob("**/*.yaml"))
           if not p.name.endswith("_shapes.yaml") and not documented_compositions(p)]  # fmt: skip
-OTHERS += [files for name in sorted(TABLE) if name not in PAIRS
+OTHERS += [files for name in sorted(TABLE)
            for files in _files(name) if files[0] != SHAPES]  # fmt: skip
 
 
@@ -159,31 +148,29 @@ def test_main_configs_build(name):
     assert heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("method", ["faster", "cascade"])
-def test_benchmark_configs_follow_the_protocol(method):
-    bench = ROOT / "configs" / "Benchmark"
-    ours = setup_cfg(str(bench / f"iou_uniform_{method}_rcnn_R_18_FPN_shapes.yaml"))
-    ref = setup_cfg(str(bench / f"{method}_rcnn_R_18_FPN_shapes.yaml"))
-    assert ours.MODEL.WEIGHTS == ref.MODEL.WEIGHTS
-    assert ours.SOLVER.dump() == ref.SOLVER.dump() and ours.TEST.dump() == ref.TEST.dump()
-    assert ours.INPUT.dump() == ref.INPUT.dump() and ours.DATASETS.dump() == ref.DATASETS.dump()
-    assert ours.MODEL.ROI_HEADS.NAME == "IoUUniformROIHeads"
-    body = lambda p: [x for x in Path(p).read_text().splitlines() if not x.startswith(("#", "_B"))]  # noqa: E731
-    assert body(bench / f"iou_uniform_{method}_rcnn_R_18_FPN_shapes.yaml") == body(
-        bench / f"{method}_rcnn_R_18_FPN_shapes.yaml"
+def test_benchmark_configs_follow_the_protocol(method, protocol):
+    """IoU-Uniform under a benchmark protocol: its own model, the protocol's run of the method it
+    extends in all else (the same start, schedule, data and evaluation)."""
+    baseline = {"faster": "Baselines/faster", "cascade": "CascadeRCNN/cascade"}[method]
+    ours = assert_under_the_protocol(
+        [D / f"iou_uniform_{method}_rcnn_R_18_FPN_shapes.yaml"],
+        protocol,
+        ROOT / "configs" / f"{baseline}_rcnn_R_18_FPN_shapes.yaml",
     )
+    assert ours.MODEL.ROI_HEADS.NAME == "IoUUniformROIHeads"
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("ablation", ["off", "uniform", "uniform_efo"])
-def test_table4_benchmark_configs_are_the_ablations_under_the_protocol(ablation):
+def test_table4_benchmark_configs_are_the_ablations_under_the_protocol(ablation, protocol):
     """Table 4's rows on shapes, against the protocol's Faster R-CNN."""
-    bench = ROOT / "configs" / "Benchmark"
-    assert_ablation_under_the_protocol(
-        bench / f"iou_uniform_faster_rcnn_R_18_FPN_{ablation}_shapes.yaml",
-        ROOT / "configs" / "IoUUniform" / "ablations"
-        / f"iou_uniform_faster_rcnn_R_18_FPN_{ablation}_shapes.yaml",
-        bench / "faster_rcnn_R_18_FPN_shapes.yaml",
-    )  # fmt: skip
+    assert_under_the_protocol(
+        [SHAPES, ABLATIONS / f"{ablation}.yaml"],
+        protocol,
+        ROOT / "configs" / "Baselines" / "faster_rcnn_R_18_FPN_shapes.yaml",
+    )
 
 
 _IU = "MODEL.IOU_UNIFORM."

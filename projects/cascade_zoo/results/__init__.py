@@ -20,6 +20,8 @@ from .documents import (
     write_results_md,
 )
 from .identity import (
+    BASELINE_CONFIG,
+    CURRENT_PROTOCOL,
     IGNORED_KEYS,
     PRETRAINED,
     Pretraining,
@@ -71,6 +73,8 @@ __all__ = [
     "IGNORED_KEYS",
     "ModelFigure",
     "PRETRAINED",
+    "BASELINE_CONFIG",
+    "CURRENT_PROTOCOL",
     "Pretraining",
     "Run",
     "SUBSET_BINS",

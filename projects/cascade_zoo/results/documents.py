@@ -376,22 +376,27 @@ holds it. Use them as in Detectron2:
 ```python
 from cascade_zoo import ZooPredictor, model_zoo
 
-cfg = model_zoo.get_config("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
-model = model_zoo.get("Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
+cfg = model_zoo.get_config("shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
+model = model_zoo.get("shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml", trained=True)
 outputs = ZooPredictor(cfg)(bgr_image)
 ```
 
-or `python train_net.py --config-file configs/<name>.yaml --eval-only MODEL.WEIGHTS
-cascade_zoo://<name>/seed0/model_final.pth`. When the checkpoint is not there,
-`get_checkpoint_url` / `get(..., trained=True)` stop with an error naming the directories it
-looked in, the variable that moves the zoo, and the two commands that make it, with the time the
-recorded run took, e.g. for the first row:
+A name `<protocol>/<config>` is a run of `configs/<config>.yaml` with
+`configs/Protocols/<protocol>.yaml` merged over it (`model_zoo.get_config_file(name)` writes the
+two as one flat file), so from the command line:
+`python train_net.py --config-file configs/<config>.yaml --config-file
+configs/Protocols/<protocol>.yaml --eval-only MODEL.WEIGHTS cascade_zoo://<name>/seed0/model_final.pth`.
+When the checkpoint is not there, `get_checkpoint_url` / `get(..., trained=True)` stop with an
+error naming the directories it looked in, the variable that moves the zoo, and the two commands
+that make it, with the time the recorded run took, e.g. for the first row:
 
 ```bash
-python train_net.py --config-file configs/Benchmark/cascade_rcnn_R_18_FPN_shapes.yaml --resume \\
-    OUTPUT_DIR output/Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0 SEED 0 MODEL.DEVICE cpu
-python tools/publish_model.py output/Benchmark/cascade_rcnn_R_18_FPN_shapes/seed0 \\
-    --name Benchmark/cascade_rcnn_R_18_FPN_shapes --seed 0            # --ship: into the repository
+python train_net.py --config-file configs/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml \\
+    --config-file configs/Protocols/shapes_v3.yaml --resume \\
+    OUTPUT_DIR output/shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0 \\
+    SEED 0 MODEL.DEVICE cpu
+python tools/publish_model.py output/shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes/seed0 \\
+    --name shapes_v3/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes --seed 0  # --ship: into the repo
 ```
 
 `tools/publish_model.py` (`cascade_zoo.model_zoo.publish_model`) writes a model as Detectron2's

@@ -45,12 +45,18 @@ class Pretraining(NamedTuple):
     used_by: str = ""
 
 
+# The protocol whose runs docs/results.md, MODEL_ZOO.md and the paper READMEs report (the claims
+# are measured on its runs): protocol v3 until protocol v4's main rows replace it.
+CURRENT_PROTOCOL = "Protocols/shapes_v3.yaml"
+# The baseline of the report's plots and gains: Faster R-CNN under that protocol.
+BASELINE_CONFIG = "Baselines/faster_rcnn_R_18_FPN_shapes.yaml"
+
 # Pretrained files the project makes itself: MODEL.WEIGHTS -> how. The fair protocol's backbone
 # (docs/benchmark_protocol.md): the ResNet of a long Faster R-CNN run, like the
 # ImageNet-pretrained ResNet of the papers.
 PRETRAINED = {
     "cascade_zoo://Benchmark/shapes_backbone_R_18_w32.pth": Pretraining(
-        "Benchmark/pretrain_faster_rcnn_R_18_FPN_shapes.yaml",
+        "Pretrain/shapes_backbone_R_18_w32_1x.yaml",
         None,
         0,
         "backbone.bottom_up.",

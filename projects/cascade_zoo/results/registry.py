@@ -107,8 +107,9 @@ def register_results(
     Args:
         package: the package's name, e.g. "r3_cnn".
         readme: its README.md, whose results blocks the runner regenerates.
-        eval_variants: run name (e.g. "Benchmark/r3_cnn_R_18_FPN_shapes") -> [(variant name,
-            [KEY, VALUE, ...])], evaluated after the run trains and stored in its result file.
+        eval_variants: run name (e.g. "R3CNN/r3_cnn_R_18_FPN_shapes", which a protocol's run of
+            that config gets too) -> [(variant name, [KEY, VALUE, ...])], evaluated after the
+            run trains and stored in its result file.
         figures: (image relative to docs/, caption) of the figures its tools make, documented in
             ``readme``.
         claims: the paper's headline claims (:class:`Claim`), measured by the report and shown
@@ -166,7 +167,17 @@ def eval_variants() -> Dict[str, List[EvalVariant]]:
 
 
 def variants_of_run(name: str) -> List[EvalVariant]:
-    return eval_variants().get(name, [])
+    """The variants of a run: those registered under its name, or under its method config's
+    name for a protocol run (``"shapes_v4/R3CNN/r3_cnn_R_18_FPN_shapes"`` ->
+    ``"R3CNN/r3_cnn_R_18_FPN_shapes"``), so that every protocol's run gets them."""
+    from cascade_zoo.model_zoo import CONFIGS_DIR, PROTOCOLS
+
+    variants = eval_variants()
+    if name in variants:
+        return variants[name]
+    first, _, method = name.partition("/")
+    protocol_run = method and (CONFIGS_DIR / PROTOCOLS / f"{first}.yaml").is_file()
+    return variants.get(method, []) if protocol_run else []
 
 
 def model_figures() -> List[ModelFigure]:
