@@ -51,6 +51,13 @@ PAPER = {
     "iterative_bbox": ((0.5,), (S1,), (1,), (1,), (SAMPLE,), "none", 3, 1, "readd", 1.0),
     "integral_loss": ((0.5, 0.6, 0.7), (S1, S1, S1), (1, 1, 1), None, (SAMPLE, REFINED, REFINED),
                       "mean_probs", 3, 1, "keep", 1.0),
+    # not the paper's: one key of the Detectron2-equivalent config each (the gap split by key)
+    "d2_box_loss": ((0.5, 0.6, 0.7), (S1, S2, S3), (1, 0.5, 0.25), (1, 2, 4),
+                    (SAMPLE, REFINED, REFINED), "all_on_final", 3, 3, "readd", 0.0),
+    "d2_loss_weighting": ((0.5, 0.6, 0.7), (S1, S2, S3), (1, 1, 1), None,
+                          (SAMPLE, REFINED, REFINED), "all_on_final", 3, 3, "readd", 1.0),
+    "d2_later_stage_gt": ((0.5, 0.6, 0.7), (S1, S2, S3), (1, 0.5, 0.25), (1, 2, 4),
+                          (SAMPLE, REFINED, REFINED), "all_on_final", 3, 3, "keep", 1.0),
     # not in the paper's tables: class-specific regression; mmdetection's re-sampling
     "class_specific": ((0.5, 0.6, 0.7), (S1, S2, S3), (1, 0.5, 0.25), (1, 2, 4),
                        (SAMPLE, REFINED, REFINED), "all_on_final", 3, 3, "readd", 1.0),
@@ -129,6 +136,19 @@ def test_ablation_resolves_to_the_papers_settings(name):
             cfg.SOLVER.WEIGHT_DECAY_NORM,
             cfg.SOLVER.WEIGHT_DECAY_BIAS,
         }
+
+
+def test_the_three_detectron2_keys_and_its_test_ensemble_make_the_detectron2_config():
+    """The gap deltas split the Detectron2-equivalent config's difference from the paper's: the
+    three training keys together, with Detectron2's test ensemble (an eval variant of the paper
+    model), are that config, key for key."""
+    deltas = [ABLATIONS / f"d2_{k}.yaml" for k in ("box_loss", "loss_weighting", "later_stage_gt")]
+    split = setup_cfg([SHAPES, *deltas], ["MODEL.BOX_CASCADE.TEST_ENSEMBLE", "mean_probs"])
+    assert (
+        split.dump() == setup_cfg(CONFIGS / "cascade_rcnn_R_18_FPN_detectron2_shapes.yaml").dump()
+    )
+    for delta in deltas:  # and each changes one key of the paper's config
+        assert setup_cfg([SHAPES, delta]).dump() != setup_cfg(SHAPES).dump()
 
 
 def test_detectron2_equivalent_configs_use_detectron2s_mechanics():
