@@ -9,9 +9,9 @@ COCO / shapes ablation pair that became one delta (issue 28), the old file's _BA
 the delta named after it (the old name ends in _<delta> or _<delta>_shapes, and the delta's header
 documents that composition), or, for a config whose name became a composition (protocol v3's
 configs/Benchmark/ overlays: a method config with configs/Protocols/shapes_v3.yaml), the
-composition cascade_zoo.model_zoo.RENAMED_CONFIGS names. The whole resolved config is compared as text (cfg.dump(), values
-shared by two keys written out), one line per config; the exit status is 1 on any difference
-or on a config without an equivalent.
+composition cascade_zoo.model_zoo.RENAMED_CONFIGS names. The whole resolved config is compared
+as text (cfg.dump(), values shared by two keys written out), one line per config; the exit
+status is 1 on any difference or on a config without an equivalent.
 
 REV defaults to the commit before the ablation pairs became deltas. Its configs/ is read with
 `git archive` into a temporary directory: the working tree, the index and HEAD are left alone.
