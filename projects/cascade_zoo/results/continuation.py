@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
+from .convergence import first_drop
 from .identity import Run
 from .runner import _prepare_output_dir
 
@@ -23,10 +24,7 @@ CONTINUED_FROM_FILE = "continued_from.json"
 
 
 def _first_drop(run: Run) -> int:
-    from cascade_zoo import get_zoo_cfg
-
-    steps = run.diff.get("SOLVER.STEPS", list(get_zoo_cfg().SOLVER.STEPS))
-    return min([int(s) for s in steps if int(s) < run.max_iter] + [run.max_iter])
+    return first_drop({"config_diff": run.diff, "max_iter": run.max_iter})
 
 
 def check_same_until(source: Run, target: Run, iteration: int) -> None:

@@ -7,7 +7,7 @@ from result files' AP-vs-iteration curves, and the Markdown blocks that show the
   than ``max_gain`` AP higher.
 
 ``<!-- convergence: FILE [FILE ...] -->`` ... ``<!-- /convergence -->`` blocks of a Markdown file
-list result files (relative to the repository); :func:`write_convergence_blocks` regenerates each
+list result files (relative to the repository); :func:`regenerated` rebuilds each
 one with the runs' curves and verdicts. A file may be paired with its longer run as
 ``FILE=LONGER_FILE``.
 """
