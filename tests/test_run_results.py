@@ -106,6 +106,40 @@ def test_killed_run_resumes_in_its_output_dir(rb, tmp_path):
     assert run.result_path.is_file()
 
 
+_KILLED_SEGMENT = """
+import sys, time
+from pathlib import Path
+from cascade_zoo.results import identity, runner
+runner.WALL_TIME_EVERY_S = 0.1
+run = identity.Run(sys.argv[1], 0, Path(sys.argv[2]) / "results", Path(sys.argv[2]) / "runs", ())
+def trainer(run, device):
+    print("training", flush=True)
+    time.sleep(60)
+runner.execute(run, device="cpu", trainer=trainer, publish_models=False)
+"""
+
+
+def test_wall_time_survives_a_segment_killed_outright(rb, tmp_path):
+    """A session's end kills its runs with SIGKILL, where no finally clause runs: the wall time
+    of that segment is on disk all the same and the resumed run's result adds it up."""
+    import signal
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SEGMENT, CONFIG, str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout.readline().strip() == "training"
+    time.sleep(1.5)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    run = _run(rb, tmp_path)
+    saved = json.loads((run.output_dir / "benchmark_wall_time.json").read_text())
+    assert 1.3 <= saved["wall_time_s"] < 10.0
+    result = _execute(rb, run, FakeTrainer())
+    assert result["wall_time_s"] >= saved["wall_time_s"] - 0.05  # the result keeps 0.1 s
+
+
 def test_result_names_the_commit_the_training_ran_at(rb, tmp_path, monkeypatch):
     """The code can change while a run trains (and between a killed run and its resume): the
     result names the commit at each start of the training, not the one at its end."""
@@ -159,7 +193,8 @@ def test_output_dir_of_another_config_is_moved_aside(rb, tmp_path):
     with pytest.raises(RuntimeError):
         _execute(rb, _run(rb, tmp_path), trainer)
     _execute(rb, _run(rb, tmp_path, opts=["SOLVER.BASE_LR", "0.001"]), trainer)
-    assert trainer.calls[1] == ["benchmark_config_hash.txt"]  # did not resume the other model
+    # did not resume the other model (its wall time file starts at this segment)
+    assert trainer.calls[1] == ["benchmark_config_hash.txt", "benchmark_wall_time.json"]
     assert len(list((tmp_path / "runs/Baselines/faster_rcnn_instant_test").glob("seed0.stale-*")))
 
 

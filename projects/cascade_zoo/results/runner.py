@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -97,6 +98,51 @@ def _wait_reporting(proc: subprocess.Popen, run: Run, every: float):
             logger.info(progress_line(run, metrics_records(run.output_dir)))
             due = time.monotonic() + every
         time.sleep(min(0.5, every / 4))
+
+
+# Seconds between two rewrites of a training run's wall time file.
+WALL_TIME_EVERY_S = 30.0
+
+
+class _WallClock:
+    """The wall time of a run's segments so far (``spent``) plus the current one's, rewritten to
+    ``path`` every ``every`` seconds while the segment runs and once at its end: a segment killed
+    outright (SIGKILL, the end of a machine's session) loses at most ``every`` seconds."""
+
+    def __init__(
+        self, path: Path, spent: float, commits: List[str], every: Optional[float] = None
+    ):
+        self.path, self.spent, self.commits = path, spent, commits
+        self.every = WALL_TIME_EVERY_S if every is None else every
+        self._stop = threading.Event()
+        self._start: Optional[float] = None
+
+    def total(self) -> float:
+        running = self._start is not None
+        return self.spent + (time.time() - self._start if running else 0.0)
+
+    def _write(self) -> None:
+        # through a temporary file, so that a kill mid-write leaves the previous total
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"wall_time_s": self.total(), "git_commits": self.commits}))
+        os.replace(tmp, self.path)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> "_WallClock":
+        self._start = time.time()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write()
+        self.spent, self._start = self.total(), None
 
 
 def _prepare_output_dir(run: Run) -> None:
@@ -298,12 +344,9 @@ def execute(
         commit = records.git_commit()
         if not commits or commits[-1] != commit:
             commits.append(commit)
-        start = time.time()
-        try:
+        with _WallClock(wt, spent, commits) as clock:
             extra = trainer(run, device)
-        finally:
-            spent += time.time() - start
-            wt.write_text(json.dumps({"wall_time_s": spent, "git_commits": commits}))
+        spent = clock.total()
     command = "python " + " ".join(run.train_args(device))
     result = records.collect_result(run, spent, extra, device, command, commits)
     result["subsets"] = subsets_of(run)
