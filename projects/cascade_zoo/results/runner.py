@@ -109,9 +109,7 @@ class _WallClock:
     ``path`` every ``every`` seconds while the segment runs and once at its end: a segment killed
     outright (SIGKILL, the end of a machine's session) loses at most ``every`` seconds."""
 
-    def __init__(
-        self, path: Path, spent: float, commits: List[str], every: Optional[float] = None
-    ):
+    def __init__(self, path: Path, spent: float, commits: List[str], every: Optional[float] = None):
         self.path, self.spent, self.commits = path, spent, commits
         self.every = WALL_TIME_EVERY_S if every is None else every
         self._stop = threading.Event()
