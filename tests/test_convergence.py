@@ -10,10 +10,10 @@ from conftest import ROOT
 from cascade_zoo.results import convergence
 
 
-def _result(points, max_iter=12000, steps=(9000, 10800), final=None, name="X/run"):
+def _result(points, max_iter=12000, steps=(9000, 10800), final=None, name="X/run", lr=None):
     curve = [{"iteration": i, "AP": ap} for i, ap in points]
     final = points[-1][1] if final is None else final
-    diff = {"SOLVER.STEPS": list(steps)}
+    diff = {"SOLVER.STEPS": list(steps), **({"SOLVER.BASE_LR": lr} if lr else {})}
     return {"name": name, "seed": 0, "max_iter": max_iter, "curve": curve, "config_diff": diff,
             "metrics": {"bbox": {"AP": final}}}  # fmt: skip
 
@@ -58,7 +58,7 @@ def test_the_block_shows_the_curves_and_both_verdicts(tmp_path):
     text = convergence.convergence_block([f"{one}={longer_file}"], tmp_path)
     assert "41.0 at 6000 -> 41.9 at 9000 (25% of the schedule): +0.9, holds" in text
     assert "45.6 -> 46.3: +0.7, fails (needs < 0.5)" in text
-    assert "| `X/run` seed 0, 18000 iter, drops 13500, 16200 |" in text
+    assert "| `X/run` seed 0, lr 0.001, 18000 iter, drops 13500, 16200 |" in text
     doc = tmp_path / "doc.md"
     block = f"<!-- convergence: {one} -->\ntyped by hand\n<!-- /convergence -->\n"
     doc.write_text(f"before\n{block}after\n")
@@ -66,6 +66,18 @@ def test_the_block_shows_the_curves_and_both_verdicts(tmp_path):
     assert new.startswith("before\n<!-- convergence: one.json -->\nAP on")
     assert "typed by hand" not in new and new.endswith("<!-- /convergence -->\nafter\n")
     assert "not run" in new  # no longer run given
+
+
+def test_rows_of_one_run_name_are_told_apart_by_their_learning_rate(tmp_path):
+    """A sweep's runs share the method's run name; the label says each one's rate (the
+    default when the diff names none: 0.001 here)."""
+    files = [_write(tmp_path, f"lr{lr}.json", _result(CURVE, lr=lr)) for lr in (0.005, 0.01)]
+    files.append(_write(tmp_path, "default.json", _result(CURVE)))
+    text = convergence.convergence_block(files, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| `X/run`")]
+    assert len(rows) == 6  # a curve row and a verdict row per run
+    for lr in ("0.005", "0.01", "0.001"):
+        assert sum(f"seed 0, lr {lr}, 12000 iter, drops 9000, 10800 |" in r for r in rows) == 2
 
 
 def _tool():

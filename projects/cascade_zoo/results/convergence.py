@@ -93,10 +93,22 @@ def longer_gain(result: dict, longer: dict) -> float:
     return final_ap(longer) - final_ap(result)
 
 
+def _base_lr(result: dict) -> float:
+    lr = result.get("config_diff", {}).get("SOLVER.BASE_LR")
+    if lr is None:
+        from cascade_zoo import get_zoo_cfg
+
+        lr = get_zoo_cfg().SOLVER.BASE_LR
+    return float(lr)
+
+
 def _label(result: dict, path: str) -> str:
+    """The run's name, seed and schedule: its learning rate, length and drops (runs of one name
+    made with other overrides, e.g. a learning-rate sweep, differ there)."""
     opts = ""
     if result.get("max_iter"):
-        opts = f", {result['max_iter']} iter, drops {', '.join(map(str, _steps(result)))}"
+        drops = ", ".join(map(str, _steps(result)))
+        opts = f", lr {_base_lr(result):g}, {result['max_iter']} iter, drops {drops}"
     return f"`{result.get('name', path)}` seed {result.get('seed', '?')}{opts}"
 
 
