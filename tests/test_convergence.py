@@ -59,6 +59,12 @@ def test_the_block_shows_the_curves_and_both_verdicts(tmp_path):
     assert "41.0 at 6000 -> 41.9 at 9000 (25% of the schedule): +0.9, holds" in text
     assert "45.6 -> 46.3: +0.7, fails (needs < 0.5)" in text
     assert "| `X/run` seed 0, lr 0.001, 18000 iter, drops 13500, 16200 |" in text
+    # the longer run is a schedule too: its own plateau, by hand 9000 (<= 13500 - 3600) and 13500
+    longer_row = (
+        "| `X/run` seed 0, lr 0.001, 18000 iter, drops 13500, 16200 | 41.0 at 9000 -> "
+        "41.9 at 13500 (25% of the schedule): +0.9, holds (needs < 1.0) | not run |"
+    )
+    assert longer_row in text
     doc = tmp_path / "doc.md"
     block = f"<!-- convergence: {one} -->\ntyped by hand\n<!-- /convergence -->\n"
     doc.write_text(f"before\n{block}after\n")

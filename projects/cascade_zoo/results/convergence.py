@@ -112,9 +112,18 @@ def _label(result: dict, path: str) -> str:
     return f"`{result.get('name', path)}` seed {result.get('seed', '?')}{opts}"
 
 
+def _plateau_text(result: dict) -> str:
+    p = plateau(result)
+    if p is None:
+        return "no two evaluations before the first drop that far apart"
+    return (f"{p.early_ap:.1f} at {p.early} -> {p.late_ap:.1f} at {p.late} "
+            f"({p.span:.0%} of the schedule): {p.rise:+.1f}, "
+            f"{'holds' if p.holds else 'fails'} (needs < {p.max_rise:.1f})")  # fmt: skip
+
+
 def convergence_block(entries: Sequence[str], repo: Path = REPO, max_gain: float = 0.5) -> str:
     """The Markdown of one block: each run's curve (a table with one column per evaluation),
-    then the plateau criterion and, for ``FILE=LONGER`` entries, the longer run's gain."""
+    then each run's plateau criterion and, for ``FILE=LONGER`` entries, the longer run's gain."""
     from cascade_zoo.utils.markdown import markdown_table
 
     runs: List[tuple] = []  # (path, result, longer path, longer result)
@@ -133,21 +142,17 @@ def convergence_block(entries: Sequence[str], repo: Path = REPO, max_gain: float
         )
     text = ["AP on `shapes_val` at each evaluation (iteration):", "",
             markdown_table(["run"] + [str(i) for i in iterations], rows), ""]  # fmt: skip
+    # a verdict row per curve row: a longer run is a schedule too, with its own plateau
+    longer_of = {path: longer for path, _, _, longer in runs if longer is not None}
     verdicts = []
-    for path, result, _, longer in runs:
-        p = plateau(result)
-        if p is None:
-            check = "no two evaluations before the first drop that far apart"
-        else:
-            check = (f"{p.early_ap:.1f} at {p.early} -> {p.late_ap:.1f} at {p.late} "
-                     f"({p.span:.0%} of the schedule): {p.rise:+.1f}, "
-                     f"{'holds' if p.holds else 'fails'} (needs < {p.max_rise:.1f})")  # fmt: skip
-        gain = ""
-        if longer is not None:
+    for path, result in shown:
+        gain = "not run"
+        if path in longer_of:
+            longer = longer_of[path]
             g = longer_gain(result, longer)
             gain = (f"{final_ap(result):.1f} -> {final_ap(longer):.1f}: {g:+.1f}, "
                     f"{'holds' if g < max_gain else 'fails'} (needs < {max_gain:.1f})")  # fmt: skip
-        verdicts.append([_label(result, path), check, gain or "not run"])
+        verdicts.append([_label(result, path), _plateau_text(result), gain])
     header = ["run", "plateau before the first drop", "the run 1.5x as long ends"]
     text += [markdown_table(header, verdicts), "", "Result files: " +
              ", ".join(f"`{e.replace('=', '`, `')}`" for e in entries) + ".", "",
