@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
@@ -241,7 +242,10 @@ def test_a_protocol_composition_is_named_and_resolved_as_the_runner_names_its_ru
     assert run.name == "shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes"
     files = [str(model_zoo.CONFIGS_DIR / f) for f in run.configs]
     by_hand = setup_cfg(files, freeze=False)
-    assert by_hand.SOLVER.BASE_LR == 0.005 and by_hand.MODEL.ROI_HEADS.NAME  # the protocol's LR
+    protocol = yaml.safe_load((model_zoo.CONFIGS_DIR / "Protocols/shapes_v4.yaml").read_text())
+    method = setup_cfg([str(model_zoo.CONFIGS_DIR / V4_CASCADE.split("+")[0])], freeze=False)
+    assert method.SOLVER.BASE_LR != protocol["SOLVER"]["BASE_LR"]  # so the check below can fail
+    assert by_hand.SOLVER.BASE_LR == protocol["SOLVER"]["BASE_LR"] and by_hand.MODEL.ROI_HEADS.NAME
     for spelled in (V4_CASCADE, "shapes_v4/CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml"):
         assert flat_dump(model_zoo.get_config(spelled)) == flat_dump(by_hand)
         assert model_zoo.result_file(spelled, 1) == zoo / "results" / run.name / "seed1.json"
