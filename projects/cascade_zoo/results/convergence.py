@@ -49,13 +49,18 @@ class Plateau(NamedTuple):
         return self.rise < self.max_rise
 
 
-def _steps(result: dict) -> List[int]:
-    steps = result.get("config_diff", {}).get("SOLVER.STEPS")
-    if steps is None:
+def _solver(result: dict, key: str):
+    """SOLVER.<key> of the run: from its config diff, else the defaults'."""
+    value = result.get("config_diff", {}).get(f"SOLVER.{key}")
+    if value is None:
         from cascade_zoo import get_zoo_cfg
 
-        steps = get_zoo_cfg().SOLVER.STEPS
-    return sorted(int(s) for s in steps)
+        value = get_zoo_cfg().SOLVER[key]
+    return value
+
+
+def _steps(result: dict) -> List[int]:
+    return sorted(int(s) for s in _solver(result, "STEPS"))
 
 
 def first_drop(result: dict) -> int:
@@ -93,22 +98,13 @@ def longer_gain(result: dict, longer: dict) -> float:
     return final_ap(longer) - final_ap(result)
 
 
-def _base_lr(result: dict) -> float:
-    lr = result.get("config_diff", {}).get("SOLVER.BASE_LR")
-    if lr is None:
-        from cascade_zoo import get_zoo_cfg
-
-        lr = get_zoo_cfg().SOLVER.BASE_LR
-    return float(lr)
-
-
 def _label(result: dict, path: str) -> str:
     """The run's name, seed and schedule: its learning rate, length and drops (runs of one name
     made with other overrides, e.g. a learning-rate sweep, differ there)."""
     opts = ""
     if result.get("max_iter"):
         drops = ", ".join(map(str, _steps(result)))
-        opts = f", lr {_base_lr(result):g}, {result['max_iter']} iter, drops {drops}"
+        opts = f", lr {float(_solver(result, 'BASE_LR')):g}, {result['max_iter']} iter, drops {drops}"
     return f"`{result.get('name', path)}` seed {result.get('seed', '?')}{opts}"
 
 
