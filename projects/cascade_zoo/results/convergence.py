@@ -104,7 +104,9 @@ def _label(result: dict, path: str) -> str:
     opts = ""
     if result.get("max_iter"):
         drops = ", ".join(map(str, _steps(result)))
-        opts = f", lr {float(_solver(result, 'BASE_LR')):g}, {result['max_iter']} iter, drops {drops}"
+        opts = (
+            f", lr {float(_solver(result, 'BASE_LR')):g}, {result['max_iter']} iter, drops {drops}"
+        )
     return f"`{result.get('name', path)}` seed {result.get('seed', '?')}{opts}"
 
 
