@@ -40,6 +40,7 @@ from cascade_zoo.model_zoo import REPO_ROOT, cache_dir
 from cascade_zoo.results import (
     BASELINE_CONFIG,
     CURRENT_PROTOCOL,
+    results_source,
     run_matrix,
     run_name,
     write_reports,
@@ -99,10 +100,16 @@ def main(argv=None) -> int:
         readme_dir = args.readme_dir
         if readme_dir is None and not args.no_readmes:
             readme_dir = REPO_ROOT if Path(args.results_md).resolve() == RESULTS_MD else None
+        # the report's "Regenerate" line: the flags that chose what it reports
+        command = ["python", "tools/run_results.py", "--report-only"]
+        if args.protocol:
+            command += ["--protocol", args.protocol]
+        if results_dir.resolve() != (REPO_ROOT / "benchmarks" / "results").resolve():
+            command += ["--results-dir", results_source(results_dir).rstrip("/")]
         write_reports(
             results_dir, results_md=Path(args.results_md), model_zoo_md=Path(args.model_zoo_md),
             figures_dir=Path(args.figures_dir), readme_dir=readme_dir and Path(readme_dir),
-            baseline=baseline, protocol=protocol,
+            baseline=baseline, protocol=protocol, command=" ".join(command),
         )  # fmt: skip
     for config, seed in failed:
         logging.error(f"not done: {config} seed {seed} (run the same command again to resume)")

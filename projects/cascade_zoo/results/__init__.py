@@ -14,6 +14,7 @@ reports made from them. ``tools/run_results.py`` is its command line.
 from .documents import (
     claims_table,
     results_block,
+    results_source,
     write_model_zoo_md,
     write_readme_blocks,
     write_reports,
@@ -100,6 +101,7 @@ __all__ = [
     "readmes",
     "register_results",
     "results_block",
+    "results_source",
     "run_matrix",
     "run_name",
     "stage_gaps",
