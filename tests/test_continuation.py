@@ -86,3 +86,16 @@ def test_a_missing_checkpoint_another_source_or_a_started_target_is_refused(tmp_
     (target.output_dir / "model_0000003.pth").unlink()
     continue_from(source, target, 1)
     assert (target.output_dir / "metrics.json").read_text() == '{"iteration": 0}\n'
+
+
+def test_a_metrics_line_cut_by_a_kill_is_left_out(tmp_path):
+    """A session's end (SIGKILL) can cut the line being written; the run resumed after it. The
+    longer run gets the whole lines before the iteration, not an error."""
+    source, target = _runs(tmp_path)
+    _fake_source(source)
+    whole = ['{"iteration": 0, "total_loss": 2.5}', '{"iteration": 1, "bbox/AP": 3.0}']
+    cut = '{"iteration": 1, "bbox/AP": 3.0, "stage1/bb'
+    text = "\n".join([whole[0], cut + whole[1], '{"iteration": 2}']) + "\n"
+    (source.output_dir / "metrics.json").write_text(text)
+    continue_from(source, target, 2)
+    assert (target.output_dir / "metrics.json").read_text().splitlines() == [whole[0]]

@@ -52,7 +52,11 @@ def _metrics_before(metrics: Path, iteration: int) -> List[str]:
     from 0, so the evaluation "at" ``iteration`` is logged as ``iteration - 1``)."""
     lines = []
     for line in metrics.read_text().splitlines():
-        if line.strip() and json.loads(line).get("iteration", 0) < iteration:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill (the run resumed after it), as the result's reader skips it
+        if record.get("iteration", 0) < iteration:
             lines.append(line)
     return lines
 
@@ -75,10 +79,10 @@ def continue_from(source: Run, target: Run, iteration: int) -> Dict:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint of iteration {iteration}")
     if target.output_dir.is_dir() and any(target.output_dir.iterdir()):
         raise ValueError(f"{target.output_dir} is not empty: the longer run has started already")
+    lines = _metrics_before(source.output_dir / "metrics.json", iteration)
     _prepare_output_dir(target)  # its marker, as the runner writes it
     shutil.copyfile(checkpoint, target.output_dir / checkpoint.name)
     (target.output_dir / "last_checkpoint").write_text(checkpoint.name)
-    lines = _metrics_before(source.output_dir / "metrics.json", iteration)
     (target.output_dir / "metrics.json").write_text("".join(line + "\n" for line in lines))
     record = {
         "run_dir": str(source.output_dir),
