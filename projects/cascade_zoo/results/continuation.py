@@ -55,7 +55,7 @@ def _metrics_before(metrics: Path, iteration: int) -> List[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill (the run resumed after it), as the result's reader skips it
+            continue  # a line cut by a kill (the run resumed after it): the reader skips it too
         if record.get("iteration", 0) < iteration:
             lines.append(line)
     return lines
