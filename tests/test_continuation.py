@@ -99,3 +99,35 @@ def test_a_metrics_line_cut_by_a_kill_is_left_out(tmp_path):
     (source.output_dir / "metrics.json").write_text(text)
     continue_from(source, target, 2)
     assert (target.output_dir / "metrics.json").read_text().splitlines() == [whole[0]]
+
+
+def _continue_run_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "dev" / "continue_run.py"
+    spec = importlib.util.spec_from_file_location("continue_run_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_names_a_source_made_with_its_own_overrides(tmp_path):
+    """A protocol's schedule changed: the shorter run is the protocol with overrides, and
+    --source-opts names it; without them the source is another config and is refused."""
+    source, target = _runs(tmp_path)
+    _fake_source(source)
+    tool = _continue_run_tool()
+    common = ["--config", CONFIG, "--seed", "0", "--iteration", "2", "--source-runs-dir",
+              str(tmp_path / "short"), "--runs-dir", str(tmp_path / "long")]  # fmt: skip
+    with pytest.raises(SystemExit, match="differ in"):  # the source without its overrides
+        tool.main(common + LONG)
+    assert not target.output_dir.exists()
+    with pytest.raises(SystemExit, match="KEY VALUE pairs"):
+        tool.main(common + ["--source-opts", "SOLVER.MAX_ITER"] + LONG)
+    assert tool.main(common + ["--source-opts", " ".join(SHORT)] + LONG) == 0
+    assert (target.output_dir / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (
+        json.loads((target.output_dir / "continued_from.json").read_text())["config_hash"]
+        == source.hash
+    )
