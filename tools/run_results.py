@@ -47,6 +47,7 @@ from cascade_zoo.results import (
 )
 from cascade_zoo.utils.env import default_device
 
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
 
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     add("--protocol", help="a file relative to configs/ merged over every config; the report "
         "measures the papers' claims on that protocol's runs")  # fmt: skip
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    add("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    add("--results-dir", default=str(RESULTS_DIR))
     add("--runs-dir", help="default: $CASCADE_ZOO_CACHE/benchmark_runs")
     add("--device", help="default: cuda if available, else cpu")
     add("--report-only", action="store_true", help="only regenerate the reports")
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         command = ["python", "tools/run_results.py", "--report-only"]
         if args.protocol:
             command += ["--protocol", args.protocol]
-        if results_dir.resolve() != (REPO_ROOT / "benchmarks" / "results").resolve():
+        if results_dir.resolve() != RESULTS_DIR.resolve():
             command += ["--results-dir", results_source(results_dir).rstrip("/")]
         write_reports(
             results_dir, results_md=Path(args.results_md), model_zoo_md=Path(args.model_zoo_md),
