@@ -188,6 +188,85 @@ def test_trained_run_without_result_file_is_collected_not_retrained(rb, tmp_path
     assert again["metrics"] == first["metrics"]
 
 
+class PeriodicTrainer(FakeTrainer):
+    """A FakeTrainer that also writes a periodic checkpoint every 2 iterations, named as
+    Detectron2 names them (the one after iteration k is model_{k - 1})."""
+
+    def __call__(self, run, device):
+        for k in range(2, run.max_iter + 1, 2):
+            (run.output_dir / f"model_{k - 1:07d}.pth").write_bytes(b"checkpoint")
+        out = super().__call__(run, device)
+        metrics = run.output_dir / "metrics.json"
+        with metrics.open("a") as f:  # the last evaluation, at the schedule's end
+            f.write(json.dumps({"iteration": run.max_iter - 1, "bbox/AP": 30.0}) + "\n")
+        return out
+
+
+def _checkpoints(run):
+    return sorted(p.name for p in run.output_dir.glob("model_*.pth"))
+
+
+# 8 iterations, drops at 6 and 7: the checkpoint after iteration 6 is the last one a longer
+# schedule may start from (its learning rate drops at iteration 6 itself)
+SCHEDULE = ("SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(6, 7)")
+
+
+def test_prune_keeps_model_final_and_the_checkpoint_before_the_first_drop(rb, tmp_path):
+    run = _run(rb, tmp_path, opts=SCHEDULE)
+    rb.execute(run, device="cpu", trainer=PeriodicTrainer(), publish_models=False, prune=True)
+    assert _checkpoints(run) == ["model_0000005.pth", "model_final.pth"]
+    assert run.result_path.is_file() and (run.output_dir / "metrics.json").is_file()
+    # without it, every checkpoint stays (Detectron2's behaviour)
+    other = _run(rb, tmp_path / "all", opts=SCHEDULE)
+    rb.execute(other, device="cpu", trainer=PeriodicTrainer(), publish_models=False)
+    assert _checkpoints(other) == [f"model_{k - 1:07d}.pth" for k in (2, 4, 6, 8)] + [
+        "model_final.pth"
+    ]
+
+
+def test_prune_of_a_run_done_before_does_not_retrain_it(rb, tmp_path):
+    trainer = PeriodicTrainer()
+    run = _run(rb, tmp_path, opts=SCHEDULE)
+    rb.execute(run, device="cpu", trainer=trainer, publish_models=False)
+    rb.execute(_run(rb, tmp_path, opts=SCHEDULE), device="cpu", trainer=trainer,
+               publish_models=False, prune=True)  # fmt: skip
+    assert len(trainer.calls) == 1
+    assert _checkpoints(run) == ["model_0000005.pth", "model_final.pth"]
+
+
+def test_an_unfinished_run_keeps_its_checkpoints(rb, tmp_path):
+    run = _run(rb, tmp_path, opts=SCHEDULE)
+    with pytest.raises(RuntimeError, match="killed"):
+        rb.execute(run, device="cpu", trainer=PeriodicTrainer(fail_once=True),
+                   publish_models=False, prune=True)  # fmt: skip
+    kept = _checkpoints(run)
+    assert "model_0000005.pth" in kept and "model_0000001.pth" in kept
+    with pytest.raises(RuntimeError, match="not finished"):
+        runner.prune_checkpoints(run)
+    assert _checkpoints(run) == kept
+
+
+def test_an_output_dir_of_another_config_is_not_pruned(rb, tmp_path):
+    run = _run(rb, tmp_path, opts=SCHEDULE)
+    rb.execute(run, device="cpu", trainer=PeriodicTrainer(), publish_models=False)
+    other = _run(rb, tmp_path, opts=SCHEDULE + ("SOLVER.BASE_LR", "0.001"))
+    assert other.output_dir == run.output_dir and other.hash != run.hash
+    with pytest.raises(RuntimeError, match="not a run of"):
+        runner.prune_checkpoints(other)
+    assert len(_checkpoints(run)) == 5
+
+
+def test_the_tool_prunes_only_when_told(rb, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(runner, "execute", lambda run, **kw: seen.append(kw["prune"]) or {})
+    tool = _tool()
+    for flags in ([], ["--prune-checkpoints"]):
+        tool.main(["--configs", CONFIG, "--seeds", "0", "--no-report", "--device", "cpu",
+                   "--results-dir", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "x"),
+                   *flags])  # fmt: skip
+    assert seen == [False, True]
+
+
 def test_output_dir_of_another_config_is_moved_aside(rb, tmp_path):
     trainer = FakeTrainer(fail_once=True)
     with pytest.raises(RuntimeError):
@@ -758,7 +837,7 @@ def test_composed_configs_are_merged_in_order_and_named_and_hashed_by_what_they_
     paper("test_paper", eval_variants={run.name: [("short", ["SOLVER.MAX_ITER", "2"])]})
     evaluated = []
     monkeypatch.setattr(runner, "eval_variant", lambda r, device, opts: evaluated.append(r.name))
-    trainer = CheckpointingTrainer()
+    trainer = PeriodicTrainer()
     saved = rb.execute(run, device="cpu", trainer=trainer)
     assert evaluated == [run.name] and list(saved["variants"]) == ["short"]
     assert saved["config"] == "configs/Test/method.yaml+configs/Test/ablations/lr.yaml"

@@ -70,6 +70,11 @@ def main(argv=None) -> int:
     add("--fill-missing", action="store_true",
         help="add the by-object-count AP and the eval variants to finished results that lack "
         "them (re-training runs whose files are gone)")  # fmt: skip
+    add("--prune-checkpoints", action="store_true",
+        help="once a run is done, delete its periodic checkpoints but model_final.pth and the "
+        "last one before the first learning-rate drop (where a longer schedule may start, "
+        "dev/continue_run.py); also of runs done before, if their files are in "
+        "--runs-dir")  # fmt: skip
     add("--results-md", default=str(RESULTS_MD))
     add("--model-zoo-md", default=str(REPO_ROOT / "MODEL_ZOO.md"))
     add("--figures-dir", default=str(REPO_ROOT / "docs" / "images"))
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
             args.configs, args.seeds, results_dir=results_dir, protocol=args.protocol,
             runs_dir=Path(args.runs_dir or os.path.join(cache_dir(), "benchmark_runs")),
             device=args.device or default_device("cuda"), opts=args.opts,
-            fill_missing=args.fill_missing,
+            fill_missing=args.fill_missing, prune=args.prune_checkpoints,
         )  # fmt: skip
     if not args.no_report:
         protocol = args.protocol or CURRENT_PROTOCOL

@@ -6,6 +6,7 @@ model; a project-made pretrained file a run starts from is made first, by the sa
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import identity, records, registry
+from .convergence import first_drop
 from .identity import PRETRAINED, Run, pretrained_sha256
 from .records import SUBSET_BINS, metrics_records, read_result, set_aside, write_result
 
@@ -285,6 +287,46 @@ def training_finished(run: Run) -> bool:
     )
 
 
+PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")
+
+
+def _holds(run: Run) -> bool:
+    """Whether the run's OUTPUT_DIR is marked with its config hash (:func:`_prepare_output_dir`)."""
+    marker = run.output_dir / "benchmark_config_hash.txt"
+    return marker.is_file() and marker.read_text().split()[:1] == [run.hash]
+
+
+def prune_checkpoints(run: Run) -> List[Path]:
+    """Delete a finished run's periodic checkpoints (``model_NNNNNNN.pth``) but one: the last
+    one at or before its first learning-rate drop, from which a longer schedule of the same run
+    may start (:mod:`.continuation`). model_final.pth stays. Returns the deleted files.
+
+    Raises:
+        RuntimeError: the OUTPUT_DIR holds another config's files, or the run has not finished
+            (its checkpoints are how it resumes).
+    """
+    if not _holds(run):
+        raise RuntimeError(f"{run.output_dir}: not a run of {run.name} (config hash)")
+    if not training_finished(run):
+        raise RuntimeError(f"{run.output_dir}: not finished, its checkpoints are kept")
+    drop = first_drop({"config_diff": run.diff, "max_iter": run.max_iter})
+    periodic = {}
+    for path in run.output_dir.iterdir():
+        match = PERIODIC_CHECKPOINT.fullmatch(path.name)
+        if match:  # Detectron2 names the checkpoint after iteration k "model_{k - 1}"
+            periodic[int(match.group(1)) + 1] = path
+    kept = max((i for i in periodic if i <= drop), default=None)
+    deleted = [path for i, path in sorted(periodic.items()) if i != kept]
+    for path in deleted:
+        path.unlink()
+    if deleted:
+        logger.info(
+            f"{run.output_dir}: deleted {len(deleted)} checkpoints, kept model_final.pth"
+            + (f" and {periodic[kept].name} (before the first drop, {drop})" if kept else "")
+        )
+    return deleted
+
+
 def _wall_time_file(run: Run) -> Path:
     return run.output_dir / "benchmark_wall_time.json"
 
@@ -296,9 +338,21 @@ def execute(
     trainer: Trainer = subprocess_trainer,
     publish_models: bool = True,
     fill_missing: bool = False,
+    prune: bool = False,
 ) -> dict:
     """Make the run's result file unless a valid one of the same config is there; returns it.
-    ``fill_missing``: add the subsets / variants to a valid one lacking them (:func:`backfill`)."""
+    ``fill_missing``: add the subsets / variants to a valid one lacking them (:func:`backfill`).
+    ``prune``: then :func:`prune_checkpoints` (of a run done before too, if its files are here)."""
+    result = _execute(run, device=device, trainer=trainer, publish_models=publish_models,
+                      fill_missing=fill_missing)  # fmt: skip
+    if prune and _holds(run) and training_finished(run):
+        prune_checkpoints(run)
+    return result
+
+
+def _execute(
+    run: Run, *, device: str, trainer: Trainer, publish_models: bool, fill_missing: bool
+) -> dict:
     ensure_pretrained(run, device=device, trainer=trainer, publish_models=publish_models)
     status, data = read_result(run)
     if status == "other-backbone":
@@ -408,6 +462,7 @@ def run_matrix(
     opts: Sequence[str] = (),
     protocol: Optional[str] = None,
     fill_missing: bool = False,
+    prune: bool = False,
 ) -> List[Tuple[str, int]]:
     """:func:`execute` every (config, seed); one failed run does not stop the others. Returns
     the (config, seed) of the runs not done."""
@@ -416,7 +471,7 @@ def run_matrix(
         for seed in seeds:
             try:
                 run = Run(config, seed, results_dir, runs_dir, opts, protocol=protocol)
-                execute(run, device=device, fill_missing=fill_missing)
+                execute(run, device=device, fill_missing=fill_missing, prune=prune)
             except Exception as e:  # one failed run must not stop the matrix
                 logger.error(f"{config} seed {seed}: FAILED: {e}")
                 failed.append((config, seed))
