@@ -95,6 +95,46 @@ def test_a_difference_of_two_columns_and_a_stage_table():
         rb.measure_claim(GROUPED, _claim(metric="AP91"))
 
 
+def _with_variant(result, name, ap):
+    """``result`` with an eval variant whose AP table on the whole test set has AP ``ap`` (and
+    the other columns of the run's own table)."""
+    table = {**result["metrics"]["bbox"], "AP": ap}
+    variants = {name: {"opts": ["K", "V"], "metrics": {"all": table, "[1,3]": {"AP": -1.0}}}}
+    return {**result, "variants": variants}
+
+
+def test_a_stage_difference_and_an_eval_variant():
+    """stage3-stage2 of a run is stage3's table minus stage2's. An eval variant's AP is its
+    "all" table's (not the by-object-count subsets'), and a run without it is left out."""
+    grouped = {
+        "Test/method": [
+            _result(s, 0.0, 0.0, 0.0, {"stage2": 20.0 + s, "stage3": 19.0 + 2 * s}) for s in (0, 1)
+        ],
+        "Test/baseline": [
+            _result(s, 0.0, 0.0, 0.0, {"stage2": 30.0, "stage3": 27.0 - s}) for s in (0, 1)
+        ],
+    }
+    # method: 19 - 20 = -1, 21 - 21 = 0; baseline: -3, -4; differences 2, 4
+    m = rb.measure_claim(grouped, _claim(stage="stage3-stage2", baseline_stage="stage3-stage2"))
+    assert list(m.differences.values()) == pytest.approx([2.0, 4.0])
+    with pytest.raises(ValueError, match="STAGE-STAGE"):
+        rb.measure_claim(grouped, _claim(stage="stage3-stage2-stage1"))
+    # the variant of the same run against its own evaluation: seed 0 12.0 - 9.5, seed 1 13.5 - 14
+    grouped = {"Test/method": [_with_variant(GROUPED["Test/method"][0], "no X", 9.5),
+                               _with_variant(GROUPED["Test/method"][1], "no X", 14.0),
+                               GROUPED["Test/method"][2]]}  # fmt: skip
+    m = rb.measure_claim(grouped, _claim(baseline="Test/method.yaml", baseline_variant="no X"))
+    assert dict(m.differences) == {0: pytest.approx(2.5), 1: pytest.approx(-0.5)}
+    m = rb.measure_claim(grouped, _claim(baseline="Test/method.yaml", variant="no X"))
+    assert list(m.differences.values()) == pytest.approx([-2.5, 0.5])
+    m = rb.measure_claim(grouped, _claim(baseline="Test/method.yaml", baseline_variant="other"))
+    assert not m.differences and m.verdict == "not measured"
+    with pytest.raises(ValueError, match="no stage tables"):
+        rb.measure_claim(grouped, _claim(variant="no X", stage="stage1"))
+    row = rb.claims_table(grouped, [_claim(baseline="Test/method.yaml", baseline_variant="no X")])
+    assert "`Test/method` - `Test/method` (no X), AP: > 0" in row
+
+
 @pytest.mark.parametrize(
     "differences, expect, size, verdict",
     [
@@ -230,10 +270,14 @@ def test_every_registered_claim_names_existing_configs_and_tests():
     }  # fmt: skip
     for claim in rb.claims():
         assert claim.checks, claim.id
-        for configs in (claim.compare.method, claim.compare.baseline):
+        c = claim.compare
+        for configs, variant in ((c.method, c.variant), (c.baseline, c.baseline_variant)):
             for config in configs.values() if isinstance(configs, dict) else [configs]:
                 for part in rb.config_parts(config):
                     assert (ROOT / "configs" / part).is_file(), (claim.id, part)
+                if variant:  # an eval variant that the runner makes for that run
+                    made = registry.variants_of_run(rb.run_name(config, "Protocols/shapes_v4.yaml"))
+                    assert variant in [v.name for v in made], (claim.id, config, variant)
         for check in claim.checks:
             found = re.fullmatch(r"(tests/\S+\.py)::(\w+)", check)
             if found:

@@ -837,7 +837,7 @@ def test_composed_configs_are_merged_in_order_and_named_and_hashed_by_what_they_
     paper("test_paper", eval_variants={run.name: [("short", ["SOLVER.MAX_ITER", "2"])]})
     evaluated = []
     monkeypatch.setattr(runner, "eval_variant", lambda r, device, opts: evaluated.append(r.name))
-    trainer = PeriodicTrainer()
+    trainer = CheckpointingTrainer()
     saved = rb.execute(run, device="cpu", trainer=trainer)
     assert evaluated == [run.name] and list(saved["variants"]) == ["short"]
     assert saved["config"] == "configs/Test/method.yaml+configs/Test/ablations/lr.yaml"

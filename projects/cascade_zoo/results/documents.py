@@ -37,6 +37,11 @@ def _expectation(compare) -> str:
     return f"{op}= {compare.size:g}" if op == ">" else f"<= -{compare.size:g}"
 
 
+def _side(name: str, stage: Optional[str], variant: Optional[str]) -> str:
+    """One run of a comparison: its name, then the stage (or stage difference) or eval variant."""
+    return f"`{name}`" + (f" {stage}" if stage else "") + (f" ({variant})" if variant else "")
+
+
 def claims_table(
     grouped, claims, protocol: Optional[str] = None, paper_column: bool = False
 ) -> str:
@@ -50,8 +55,8 @@ def claims_table(
     rows, checks = [], []
     for claim in claims:
         c, m = claim.compare, measure_claim(grouped, claim, protocol)
-        side = lambda name, stage: f"`{name}`" + (f" {stage}" if stage else "")  # noqa: E731
-        compared = (f"{side(m.method, c.stage)} - {side(m.baseline, c.baseline_stage)}, "
+        compared = (f"{_side(m.method, c.stage, c.variant)} - "
+                    f"{_side(m.baseline, c.baseline_stage, c.baseline_variant)}, "
                     f"{c.metric}: {_expectation(c)}")  # fmt: skip
         seeds = ", ".join(f"s{seed} {d:+.2f}" for seed, d in m.differences.items()) or "-"
         measured = f"{m.mean:+.2f} ± {m.std:.2f}" if m.mean is not None else "-"

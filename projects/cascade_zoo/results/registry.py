@@ -44,10 +44,13 @@ class Comparison(NamedTuple):
 
     ``metric`` is an AP column ("AP", "AP90") or a difference of two ("AP90-AP50": how much more
     the method gains at 0.9 than at 0.5). ``stage`` / ``baseline_stage`` pick a stage's AP table
-    ("stage3") instead of the final output; the two runs may be the same run (two stages of one
-    model). ``expect``: "+" (the method above), "-" (below) or "~" (within ``size`` points);
-    ``size``: for "+" / "-" the smallest mean difference that counts as the paper's (None: any),
-    for "~" the tolerance (required)."""
+    ("stage3") instead of the final output, or the difference of two stages' ("stage3-stage2":
+    how far the last stage is above the one before); the two runs may be the same run (two
+    stages of one model). ``variant`` / ``baseline_variant`` pick the run's eval variant of that
+    name (its AP table on the whole test set; ``registry`` eval variants, e.g. "no EFO") instead
+    of its own evaluation. ``expect``: "+" (the method above), "-" (below) or "~" (within
+    ``size`` points); ``size``: for "+" / "-" the smallest mean difference that counts as the
+    paper's (None: any), for "~" the tolerance (required)."""
 
     method: Configs
     baseline: Configs
@@ -56,6 +59,8 @@ class Comparison(NamedTuple):
     baseline_stage: Optional[str] = None
     expect: str = "+"
     size: Optional[float] = None
+    variant: Optional[str] = None
+    baseline_variant: Optional[str] = None
 
     def run_names(self, protocol: Optional[str] = None) -> Tuple[Optional[str], Optional[str]]:
         """The (method, baseline) run names under ``protocol`` (a file relative to configs/, or

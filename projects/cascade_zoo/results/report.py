@@ -285,16 +285,33 @@ class ClaimResult(NamedTuple):
     verdict: str
 
 
-def metric_value(result: dict, metric: str, stage: Optional[str] = None) -> Optional[float]:
-    """``metric`` ("AP90", or "AP90-AP50") of a result file's final AP table, or of its
-    ``stage`` table; None if the table or a column is missing."""
-    table = result["metrics"]["bbox"] if stage is None else result["metrics"]["stages"].get(stage)
+def metric_value(
+    result: dict, metric: str, stage: Optional[str] = None, variant: Optional[str] = None
+) -> Optional[float]:
+    """``metric`` ("AP90", or "AP90-AP50") of a result file's final AP table, of its ``stage``
+    table, or the difference of two stages' ("stage3-stage2"); of its eval ``variant``'s AP
+    table (on the whole test set) if one is named. None if a table or a column is missing."""
     names = metric.split("-")
     if len(names) > 2 or not all(n in AP_COLUMNS for n in names):
         raise ValueError(f"claim metric {metric!r}: an AP column or COLUMN-COLUMN of {AP_COLUMNS}")
-    values = [(table or {}).get(n) for n in names]
-    if any(not isinstance(v, (int, float)) for v in values):
-        return None
+    if variant is not None:
+        if stage is not None:
+            raise ValueError(f"claim: eval variant {variant!r} has no stage tables ({stage!r})")
+        variant_metrics = ((result.get("variants") or {}).get(variant) or {}).get("metrics")
+        tables = [(variant_metrics or {}).get("all")]
+    elif stage is None:
+        tables = [result["metrics"]["bbox"]]
+    else:
+        stages = stage.split("-")
+        if len(stages) > 2:
+            raise ValueError(f"claim stage {stage!r}: a stage or STAGE-STAGE")
+        tables = [result["metrics"].get("stages", {}).get(s) for s in stages]
+    values = []
+    for table in tables:
+        columns = [(table or {}).get(n) for n in names]
+        if any(not isinstance(v, (int, float)) for v in columns):
+            return None
+        values.append(columns[0] - columns[1] if len(columns) == 2 else columns[0])
     return values[0] - values[1] if len(values) == 2 else values[0]
 
 
@@ -325,11 +342,11 @@ def measure_claim(grouped, claim, protocol: Optional[str] = None) -> ClaimResult
     either run is left out), under ``protocol``'s run names."""
     c = claim.compare
     method, baseline = c.run_names(protocol)
-    base = {r["seed"]: metric_value(r, c.metric, c.baseline_stage)
+    base = {r["seed"]: metric_value(r, c.metric, c.baseline_stage, c.baseline_variant)
             for r in grouped.get(baseline, [])}  # fmt: skip
     differences = OrderedDict()
     for r in sorted(grouped.get(method, []), key=lambda r: r["seed"]):
-        value = metric_value(r, c.metric, c.stage)
+        value = metric_value(r, c.metric, c.stage, c.variant)
         if value is not None and base.get(r["seed"]) is not None:
             differences[r["seed"]] = value - base[r["seed"]]
     verdict = claim_verdict(list(differences.values()), c.expect, c.size)
