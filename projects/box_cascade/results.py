@@ -36,7 +36,8 @@ register_results(
     claims=[
         Claim(
             "cascade-above-faster",
-            "the three-stage cascade is above the one-stage detector with the same head",
+            "the three-stage cascade is above the detector with one head of the same design "
+            "(Faster R-CNN; FPN+ in the paper)",
             "Table 1, Table 5",
             "about +4 AP over FPN+ (R-101, COCO test-dev, Table 5)",
             Comparison(CASCADE, FASTER, "AP"),
