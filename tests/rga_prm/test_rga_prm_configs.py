@@ -1,6 +1,6 @@
-"""Every RGA + PRM ablation config resolves to the paper's settings (Tables 4, 5, 6, 8), written
-out here as a literal table; each is one delta applied over the COCO RGA + PRM config and over
-its shapes version."""
+"""Every RGA + PRM ablation config resolves to the paper's settings (Tables 4, 5, 6, 8, and
+Table 1's single-module baselines), written out here as a literal table; each is one delta applied
+over the COCO RGA + PRM config and over its shapes version."""
 
 import pytest
 from conftest import ROOT
@@ -24,6 +24,7 @@ TABLE = {
     "rga_prm_three_modules": ([0.5, 0.1, 0.25], True, 7.0, True, "soft"),
     **{f"{mode}_1to{n}": ([1 / (1 + n)], False, 7.0, True, mode)  # Table 8
        for n in (1, 3, 5, 7) for mode in ("hard", "soft")},
+    "soft_1to9": ([0.1], False, 7.0, True, "soft"),  # Tables 1, 5: PRM's 1:9 module trained alone
 }  # fmt: skip
 
 
