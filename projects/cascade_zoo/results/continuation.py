@@ -15,16 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Dict, List
 
-from .convergence import first_drop
 from .identity import Run
-from .runner import _prepare_output_dir
+from .runner import _holds, _prepare_output_dir, run_first_drop
 
 SCHEDULE_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS")
 CONTINUED_FROM_FILE = "continued_from.json"
-
-
-def _first_drop(run: Run) -> int:
-    return first_drop({"config_diff": run.diff, "max_iter": run.max_iter})
 
 
 def check_same_until(source: Run, target: Run, iteration: int) -> None:
@@ -39,7 +34,7 @@ def check_same_until(source: Run, target: Run, iteration: int) -> None:
             f"{target.name} seed {target.seed} is not {source.name} seed {source.seed} with a "
             f"longer schedule: they differ in {other or ['SEED']}"
         )
-    limit = min(_first_drop(source), _first_drop(target))
+    limit = min(run_first_drop(source), run_first_drop(target))
     if not 0 < iteration <= limit:
         raise ValueError(
             f"iteration {iteration}: the two schedules are the same only up to iteration {limit} "
@@ -71,8 +66,7 @@ def continue_from(source: Run, target: Run, iteration: int) -> Dict:
         FileNotFoundError: no checkpoint of the source at that iteration.
     """
     check_same_until(source, target, iteration)
-    marker = source.output_dir / "benchmark_config_hash.txt"
-    if not marker.is_file() or marker.read_text().split()[0] != source.hash:
+    if not _holds(source):
         raise ValueError(f"{source.output_dir} is not a run of {source.name} (config hash)")
     checkpoint = source.output_dir / f"model_{iteration - 1:07d}.pth"
     if not checkpoint.is_file():

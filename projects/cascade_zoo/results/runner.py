@@ -290,6 +290,11 @@ def training_finished(run: Run) -> bool:
 PERIODIC_CHECKPOINT = re.compile(r"model_(\d{7})\.pth")
 
 
+def run_first_drop(run: Run) -> int:
+    """The iteration of the run's first learning-rate drop (its schedule's end if none)."""
+    return first_drop({"config_diff": run.diff, "max_iter": run.max_iter})
+
+
 def _holds(run: Run) -> bool:
     """Whether the run's OUTPUT_DIR is marked with its config hash (:func:`_prepare_output_dir`)."""
     marker = run.output_dir / "benchmark_config_hash.txt"
@@ -309,7 +314,7 @@ def prune_checkpoints(run: Run) -> List[Path]:
         raise RuntimeError(f"{run.output_dir}: not a run of {run.name} (config hash)")
     if not training_finished(run):
         raise RuntimeError(f"{run.output_dir}: not finished, its checkpoints are kept")
-    drop = first_drop({"config_diff": run.diff, "max_iter": run.max_iter})
+    drop = run_first_drop(run)
     periodic = {}
     for path in run.output_dir.iterdir():
         match = PERIODIC_CHECKPOINT.fullmatch(path.name)
