@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import SLEEPING_RUN
 
 from cascade_zoo import model_zoo, results, setup_cfg
 from cascade_zoo.results import identity, records, registry, runner
@@ -106,19 +107,6 @@ def test_killed_run_resumes_in_its_output_dir(rb, tmp_path):
     assert run.result_path.is_file()
 
 
-_KILLED_SEGMENT = """
-import sys, time
-from pathlib import Path
-from cascade_zoo.results import identity, runner
-runner.WALL_TIME_EVERY_S = 0.1
-run = identity.Run(sys.argv[1], 0, Path(sys.argv[2]) / "results", Path(sys.argv[2]) / "runs", ())
-def trainer(run, device):
-    print("training", flush=True)
-    time.sleep(60)
-runner.execute(run, device="cpu", trainer=trainer, publish_models=False)
-"""
-
-
 def test_wall_time_survives_a_segment_killed_outright(rb, tmp_path):
     """A session's end kills its runs with SIGKILL, where no finally clause runs: the wall time
     of that segment is on disk all the same and the resumed run's result adds it up."""
@@ -126,7 +114,7 @@ def test_wall_time_survives_a_segment_killed_outright(rb, tmp_path):
     import time
 
     child = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_SEGMENT, CONFIG, str(tmp_path)],
+        [sys.executable, "-c", SLEEPING_RUN, CONFIG, str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert child.stdout.readline().strip() == "training"

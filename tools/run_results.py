@@ -30,8 +30,11 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import List
 
 import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 
@@ -75,6 +78,13 @@ def main(argv=None) -> int:
         "last one before the first learning-rate drop (where a longer schedule may start, "
         "dev/continue_run.py); also of runs done before, if their files are in "
         "--runs-dir")  # fmt: skip
+    add("--seed-major", action="store_true", help="every config's seed 0 first, then seed 1, "
+        "... (default: each config's seeds in turn)")  # fmt: skip
+    add("--lanes", type=int, default=1,
+        help="run the matrix in this many processes at once, each taking the next run no other "
+        "holds, with cpu_count/lanes torch threads (OMP_NUM_THREADS) unless it is set; the "
+        "reports are written once all have ended")  # fmt: skip
+    add("--lane", type=int, help=argparse.SUPPRESS)  # set by --lanes in its child processes
     add("--results-md", default=str(RESULTS_MD))
     add("--model-zoo-md", default=str(REPO_ROOT / "MODEL_ZOO.md"))
     add("--figures-dir", default=str(REPO_ROOT / "docs" / "images"))
@@ -86,18 +96,24 @@ def main(argv=None) -> int:
     add("--baseline", help="the plots' baseline run (default: Faster R-CNN under the protocol)")
     add("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[run_results] %(message)s")
+    if args.lanes < 1:
+        parser.error(f"--lanes must be at least 1, got {args.lanes}")
+    tag = "run_results" + (f" lane {args.lane}" if args.lane else "")
+    logging.basicConfig(level=logging.INFO, format=f"[{tag}] %(message)s")
     # SIGTERM (kill) as an exception: the running training is stopped and its time recorded
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     results_dir = Path(args.results_dir)
-    failed = []
-    if not args.report_only:
+    failed, lane_status = [], 0
+    if args.lanes > 1 and not args.report_only:
+        lane_status = run_lanes(sys.argv[1:] if argv is None else list(argv), args.lanes)
+    elif not args.report_only:
         failed = run_matrix(
             args.configs, args.seeds, results_dir=results_dir, protocol=args.protocol,
             runs_dir=Path(args.runs_dir or os.path.join(cache_dir(), "benchmark_runs")),
             device=args.device or default_device("cuda"), opts=args.opts,
             fill_missing=args.fill_missing, prune=args.prune_checkpoints,
+            seed_major=args.seed_major,
         )  # fmt: skip
     if not args.no_report:
         protocol = args.protocol or CURRENT_PROTOCOL
@@ -119,7 +135,54 @@ def main(argv=None) -> int:
         )  # fmt: skip
     for config, seed in failed:
         logging.error(f"not done: {config} seed {seed} (run the same command again to resume)")
-    return 1 if failed else 0
+    if lane_status:
+        logging.error(f"a lane exited with {lane_status} (its lines above say which runs failed)")
+    return 1 if failed or lane_status else 0
+
+
+# Seconds between the starts of two lanes, so that they take the matrix's runs in its order.
+LANE_STAGGER_S = 5.0
+
+
+def run_lanes(argv: List[str], lanes: int, stagger: float = LANE_STAGGER_S) -> int:
+    """Run this tool's matrix in ``lanes`` child processes at once (the same arguments, with
+    --lane k and --no-report); the runs' locks (cascade_zoo.results.runner.run_lock) give each
+    run to one of them. A lane's torch threads: OMP_NUM_THREADS if set, else cpu_count / lanes.
+    Returns 0, or the first non-zero exit status of a lane."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lanes)))
+    base = [a for a in _without_lanes(argv) if a != "--no-report"]
+    procs = []
+    try:
+        for k in range(1, lanes + 1):
+            if procs:
+                time.sleep(stagger)
+            args = [sys.executable, str(Path(__file__).resolve()), "--lane", str(k),
+                    "--no-report", *base]  # fmt: skip
+            threads = env["OMP_NUM_THREADS"]
+            logging.info(f"lane {k}: {' '.join(args[1:])} (OMP_NUM_THREADS={threads})")
+            procs.append(subprocess.Popen(args, env=env))
+        codes = [proc.wait() for proc in procs]
+    except BaseException:  # killed: stop the lanes too (each records its training's time)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+        raise
+    return next((c for c in codes if c), 0)
+
+
+def _without_lanes(argv: List[str]) -> List[str]:
+    """``argv`` less --lanes N / --lanes=N and --lane N (the overrides after the flags are kept)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--lanes", "--lane"):
+            skip = True
+        elif not a.startswith(("--lanes=", "--lane=")):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

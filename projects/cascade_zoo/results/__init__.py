@@ -58,6 +58,7 @@ from .report import (
     variant_rows,
 )
 from .runner import (
+    RunBusy,
     execute,
     extract_weights,
     progress_line,
@@ -103,6 +104,7 @@ __all__ = [
     "results_block",
     "results_source",
     "run_matrix",
+    "RunBusy",
     "run_name",
     "stage_gaps",
     "subprocess_trainer",

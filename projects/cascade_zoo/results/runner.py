@@ -3,6 +3,7 @@ printing its progress, then collect its result file, evaluate its variants and p
 model; a project-made pretrained file a run starts from is made first, by the same machinery.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -12,8 +13,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import identity, records, registry
 from .convergence import first_drop
@@ -344,15 +346,50 @@ def execute(
     publish_models: bool = True,
     fill_missing: bool = False,
     prune: bool = False,
+    wait: bool = True,
 ) -> dict:
     """Make the run's result file unless a valid one of the same config is there; returns it.
     ``fill_missing``: add the subsets / variants to a valid one lacking them (:func:`backfill`).
-    ``prune``: then :func:`prune_checkpoints` (of a run done before too, if its files are here)."""
-    result = _execute(run, device=device, trainer=trainer, publish_models=publish_models,
-                      fill_missing=fill_missing)  # fmt: skip
-    if prune and _holds(run) and training_finished(run):
-        prune_checkpoints(run)
+    ``prune``: then :func:`prune_checkpoints` (of a run done before too, if its files are here).
+    ``wait``: when another process holds the run (:func:`run_lock`), wait for it to end; else
+    raise :class:`RunBusy`."""
+    with run_lock(run, wait=wait):
+        result = _execute(run, device=device, trainer=trainer, publish_models=publish_models,
+                          fill_missing=fill_missing)  # fmt: skip
+        if prune and _holds(run) and training_finished(run):
+            prune_checkpoints(run)
     return result
+
+
+class RunBusy(RuntimeError):
+    """Another process (a lane of the same matrix) is making the run."""
+
+
+def lock_path(run: Run) -> Path:
+    """``<runs dir>/<name>/seed<k>.lock``, beside the run's OUTPUT_DIR (not in it: that folder is
+    moved aside whole when it holds another config's files)."""
+    return run.output_dir.with_name(run.output_dir.name + ".lock")
+
+
+@contextmanager
+def run_lock(run: Run, *, wait: bool) -> Iterator[None]:
+    """Hold an exclusive flock on :func:`lock_path` while the run is made, so that processes
+    sharing a runs dir (``tools/run_results.py --lanes``) never train one run twice. The kernel
+    drops the lock when its process ends, killed or not, so none is ever left stale. Raises
+    :class:`RunBusy` if another process holds it and ``wait`` is false."""
+    path = lock_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise RunBusy(
+                f"{run.name} seed {run.seed}: another process is making it ({path})"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _execute(
@@ -468,16 +505,23 @@ def run_matrix(
     protocol: Optional[str] = None,
     fill_missing: bool = False,
     prune: bool = False,
+    seed_major: bool = False,
 ) -> List[Tuple[str, int]]:
-    """:func:`execute` every (config, seed); one failed run does not stop the others. Returns
-    the (config, seed) of the runs not done."""
+    """:func:`execute` every (config, seed), each config's seeds in turn (``seed_major``: every
+    config's seed 0 first, then seed 1, ...); one failed run does not stop the others, and a run
+    that another process is making (:func:`run_lock`) is left to it. Returns the (config, seed)
+    of the runs that failed."""
+    order = [(c, s) for c in configs for s in seeds]
+    if seed_major:
+        order = [(c, s) for s in seeds for c in configs]
     failed = []
-    for config in configs:
-        for seed in seeds:
-            try:
-                run = Run(config, seed, results_dir, runs_dir, opts, protocol=protocol)
-                execute(run, device=device, fill_missing=fill_missing, prune=prune)
-            except Exception as e:  # one failed run must not stop the matrix
-                logger.error(f"{config} seed {seed}: FAILED: {e}")
-                failed.append((config, seed))
+    for config, seed in order:
+        try:
+            run = Run(config, seed, results_dir, runs_dir, opts, protocol=protocol)
+            execute(run, device=device, fill_missing=fill_missing, prune=prune, wait=False)
+        except RunBusy as e:
+            logger.info(f"{e}; skipped")
+        except Exception as e:  # one failed run must not stop the matrix
+            logger.error(f"{config} seed {seed}: FAILED: {e}")
+            failed.append((config, seed))
     return failed
