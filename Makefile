@@ -51,5 +51,8 @@ RESULTS_CONFIGS := Baselines/faster_rcnn_R_18_FPN_shapes.yaml \
 	RGA_PRM/faster_rcnn_R_18_FPN_rga_shapes.yaml RGA_PRM/faster_rcnn_R_18_FPN_prm_shapes.yaml \
 	RGA_PRM/faster_rcnn_R_18_FPN_rga_prm_shapes.yaml RGA_PRM/cascade_rcnn_R_18_FPN_rga_prm_shapes.yaml \
 	IoUUniform/iou_uniform_faster_rcnn_R_18_FPN_shapes.yaml IoUUniform/iou_uniform_cascade_rcnn_R_18_FPN_shapes.yaml
+# LANES=2: two runs at a time, one torch thread each (on 2 cores about twice the throughput).
+LANES ?= 1
 results: setup
-	$(PY) tools/run_results.py --protocol $(RESULTS_PROTOCOL) --configs $(RESULTS_CONFIGS) --seeds 0 1 2
+	$(PY) tools/run_results.py --protocol $(RESULTS_PROTOCOL) --configs $(RESULTS_CONFIGS) --seeds 0 1 2 \
+		--lanes $(LANES)
