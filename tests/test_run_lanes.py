@@ -6,6 +6,7 @@ Training is replaced by fake trainers, so this is cheap."""
 import functools
 import importlib.util
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -177,3 +178,30 @@ def test_lanes_start_one_process_each_then_report_once(tmp_path, monkeypatch, om
 def test_lanes_must_be_positive(tmp_path):
     with pytest.raises(SystemExit):
         _tool().main(["--configs", CONFIG, "--lanes", "0", "--no-report"])
+
+
+@pytest.mark.parametrize(
+    "configs, opts, message",
+    [
+        ([CONFIG, "SOLVER.MAX_ITER", "4"], [], "SOLVER.MAX_ITER: .*overrides go after `--`"),
+        (["Baselines/no_such_config.yaml"], [], "no_such_config.yaml.*does not exist"),
+        ([CONFIG], ["--", "SOLVER.MAX_ITER"], "odd length"),
+    ],
+)
+def test_a_bad_matrix_is_refused_before_anything_trains(tmp_path, monkeypatch, capsys,
+                                                        configs, opts, message):  # fmt: skip
+    """A KEY VALUE pair swallowed by --configs used to train every config before it at full
+    length and fail only at the pair."""
+    monkeypatch.setattr(runner, "execute", lambda run, **kw: pytest.fail("something trained"))
+    with pytest.raises(SystemExit):
+        _tool().main(["--no-report", "--results-dir", str(tmp_path), "--configs", *configs, *opts])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_overrides_after_a_double_dash(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(runner, "execute", lambda run, **kw: seen.append(run.opts))
+    _tool().main(["--no-report", "--results-dir", str(tmp_path / "r"), "--runs-dir",
+                  str(tmp_path / "x"), "--device", "cpu", "--configs", CONFIG, CASCADE, "--",
+                  "SOLVER.MAX_ITER", "4"])  # fmt: skip
+    assert seen == [["SOLVER.MAX_ITER", "4"]] * 6  # 2 configs x the default 3 seeds

@@ -9,6 +9,10 @@ READMEs' results and claims blocks from those files (cascade_zoo.results).
     python tools/run_results.py --report-only --protocol Protocols/shapes_v4.yaml  # claims: v4
     python tools/run_results.py --configs \\
         CascadeRCNN/cascade_rcnn_R_18_FPN_shapes.yaml+CascadeRCNN/ablations/integral_loss.yaml
+    python tools/run_results.py --seeds 0 --configs A.yaml B.yaml -- SOLVER.MAX_ITER 500
+
+KEY VALUE overrides of every run come last, after `--` (or after a flag of one value); every
+config and the overrides are loaded before anything trains, and a bad one is refused.
 
 Configs are named relative to configs/. BASE.yaml+DELTA.yaml (several + allowed) is a config and
 deltas merged over it in order, named by the stems joined by + in the last file's directory
@@ -43,6 +47,7 @@ from cascade_zoo.model_zoo import REPO_ROOT, cache_dir
 from cascade_zoo.results import (
     BASELINE_CONFIG,
     CURRENT_PROTOCOL,
+    Run,
     results_source,
     run_matrix,
     run_name,
@@ -94,10 +99,14 @@ def main(argv=None) -> int:
                          "when --results-md is the default, else not at all)")  # fmt: skip
     readmes.add_argument("--no-readmes", action="store_true", help="leave the READMEs alone")
     add("--baseline", help="the plots' baseline run (default: Faster R-CNN under the protocol)")
-    add("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    add("opts", nargs=argparse.REMAINDER, help="config overrides for every run (after --)")
     args = parser.parse_args(argv)
     if args.lanes < 1:
         parser.error(f"--lanes must be at least 1, got {args.lanes}")
+    if args.opts[:1] == ["--"]:  # "... --configs A.yaml B.yaml -- KEY VALUE"
+        args.opts = args.opts[1:]
+    if not args.report_only:
+        _check_matrix(parser, args)
     tag = "run_results" + (f" lane {args.lane}" if args.lane else "")
     logging.basicConfig(level=logging.INFO, format=f"[{tag}] %(message)s")
     # SIGTERM (kill) as an exception: the running training is stopped and its time recorded
@@ -138,6 +147,20 @@ def main(argv=None) -> int:
     if lane_status:
         logging.error(f"a lane exited with {lane_status} (its lines above say which runs failed)")
     return 1 if failed or lane_status else 0
+
+
+def _check_matrix(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before anything trains, a config that is not a file under configs/ or overrides
+    that do not merge (each run's config is loaded and hashed as the runner will)."""
+    for config in args.configs:
+        try:
+            Run(config, 0, Path(args.results_dir), Path("."), args.opts, protocol=args.protocol)
+        except Exception as e:
+            hint = ""
+            if not config.endswith(".yaml"):
+                hint = (" (KEY VALUE overrides go after `--` or after a one-value flag: "
+                        "--configs A.yaml -- SOLVER.MAX_ITER 4)")  # fmt: skip
+            parser.error(f"--configs {config}: {e}{hint}")
 
 
 # Seconds between the starts of two lanes, so that they take the matrix's runs in its order.
