@@ -24,7 +24,7 @@ from pathlib import Path
 import cascade_zoo  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 
 # isort: split
-from cascade_zoo.results import Run
+from cascade_zoo.results import Run, RunBusy
 from cascade_zoo.results.continuation import continue_from
 
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                  protocol=args.protocol)  # fmt: skip
     try:
         record = continue_from(source, target, args.iteration)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RunBusy) as e:
         sys.exit(f"error: {e}")
     print(f"{target.output_dir}: starts from {record['run_dir']}/{record['checkpoint']}")
     return 0

@@ -2,11 +2,12 @@
 dev/continue_run.py): refused unless the two train the same up to that iteration; otherwise
 Detectron2 resumes from the copied checkpoint and the result file has the whole curve."""
 
+import fcntl
 import json
 
 import pytest
 
-from cascade_zoo.results import Run, runner
+from cascade_zoo.results import Run, RunBusy, runner
 from cascade_zoo.results.continuation import check_same_until, continue_from
 
 CONFIG = "Baselines/faster_rcnn_instant_test.yaml"
@@ -88,6 +89,11 @@ def test_a_missing_checkpoint_another_source_or_a_started_target_is_refused(tmp_
     assert (target.output_dir / "model_0000003.pth").read_bytes() == b"its own"
     # the metrics copied are those before the iteration
     (target.output_dir / "model_0000003.pth").unlink()
+    with open(runner.lock_path(target), "a") as held:  # a runner making the target run now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RunBusy, match="another process is making it"):
+            continue_from(source, target, 1)
+    assert not any(target.output_dir.iterdir())
     continue_from(source, target, 1)
     assert (target.output_dir / "metrics.json").read_text() == '{"iteration": 0}\n'
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from .identity import Run
-from .runner import _holds, _prepare_output_dir, run_first_drop
+from .runner import _holds, _prepare_output_dir, run_first_drop, run_lock
 
 SCHEDULE_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS")
 CONTINUED_FROM_FILE = "continued_from.json"
@@ -64,8 +64,14 @@ def continue_from(source: Run, target: Run, iteration: int) -> Dict:
         ValueError: the runs are not the same up to ``iteration`` (:func:`check_same_until`),
             the source's OUTPUT_DIR holds another config, or the target's is not empty.
         FileNotFoundError: no checkpoint of the source at that iteration.
+        RunBusy: a runner (a lane) is making the target run now.
     """
     check_same_until(source, target, iteration)
+    with run_lock(target, wait=False):
+        return _continue_from(source, target, iteration)
+
+
+def _continue_from(source: Run, target: Run, iteration: int) -> Dict:
     if not _holds(source):
         raise ValueError(f"{source.output_dir} is not a run of {source.name} (config hash)")
     checkpoint = source.output_dir / f"model_{iteration - 1:07d}.pth"
